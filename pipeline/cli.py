@@ -1,0 +1,136 @@
+"""The ``vla`` command line: one verb per stage, typed configs, ``key=value`` overrides.
+
+    vla <verb> [positional ...] [--config FILE.yaml] [--flag] [--key VALUE] [key=value ...]
+    vla <verb> --help
+
+Positional arguments map to the verb's declared positional keys; ``--flag`` sets a boolean key to
+true and ``--key VALUE`` is the same as ``key=VALUE``. User mistakes print one ``error:`` line and
+exit with status 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from dataclasses import dataclass
+
+from pipeline.config import config_help, flat_keys, load_config
+from pipeline.errors import UserError
+
+__all__ = ["main", "VERBS", "Verb"]
+
+
+@dataclass(frozen=True)
+class Verb:
+    config: str  # "module:ConfigClass"
+    run: str  # "module:function", called with the config; returns an exit code or None
+    help: str
+    positional: tuple[str, ...] = ()
+
+
+VERBS: dict[str, Verb] = {
+    "fixture": Verb(
+        "pipeline.data.fixtures:FixtureConfig",
+        "pipeline.data.fixtures:run_fixture",
+        "write OXE-format fixture datasets (TFDS builder directories)",
+    ),
+    "inspect": Verb(
+        "pipeline.data.inspect:InspectConfig",
+        "pipeline.data.inspect:run_inspect",
+        "read datasets back through the registry and print a per-dataset table",
+    ),
+}
+
+
+def _resolve(spec: str):
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _usage() -> str:
+    width = max(len(v) for v in VERBS)
+    lines = ["usage: vla <verb> [--config FILE.yaml] [key=value ...]", "", "verbs:"]
+    lines += [f"  {name:<{width}}  {verb.help}" for name, verb in sorted(VERBS.items())]
+    lines += ["", "Run `vla <verb> --help` for the keys of a verb."]
+    return "\n".join(lines)
+
+
+def _find_verb(argv: list[str]) -> tuple[str, list[str]]:
+    for n in (2, 1):
+        name = " ".join(argv[:n])
+        if len(argv) >= n and name in VERBS:
+            return name, argv[n:]
+    raise UserError(f"unknown verb '{argv[0]}' (run `vla --help` for the list)")
+
+
+def _to_overrides(verb: Verb, cls: type, args: list[str]) -> tuple[list[str], str | None]:
+    bool_keys = {k for k, tp, *_ in flat_keys(cls) if tp == "bool"}
+    overrides: list[str] = []
+    config_file = None
+    positional = list(verb.positional)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise UserError("--config needs a file name")
+            config_file = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+            elif key in bool_keys:
+                overrides.append(f"{key}=true")
+            elif i + 1 < len(args):
+                overrides.append(f"{key}={args[i + 1]}")
+                i += 1
+            else:
+                raise UserError(f"option {arg} needs a value")
+        elif "=" in arg:
+            overrides.append(arg)
+        elif positional:
+            overrides.append(f"{positional.pop(0)}={arg}")
+        else:
+            raise UserError(f"unexpected argument '{arg}': expected key=value")
+        i += 1
+    return overrides, config_file
+
+
+def run(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    if argv[0] == "--version":
+        from pipeline import __version__
+
+        print(__version__)
+        return 0
+    name, rest = _find_verb(argv)
+    verb = VERBS[name]
+    cls = _resolve(verb.config)
+    if any(a in ("-h", "--help") for a in rest):
+        pos = " ".join(k.upper() for k in verb.positional)
+        print(f"usage: vla {name} {pos + ' ' if pos else ''}[--config FILE.yaml] [key=value ...]\n")
+        print(f"{verb.help}\n\nkeys (with defaults):\n{config_help(cls)}")
+        return 0
+    overrides, config_file = _to_overrides(verb, cls, rest)
+    cfg = load_config(cls, overrides, config_file)
+    code = _resolve(verb.run)(cfg)
+    return int(code or 0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return run(list(sys.argv[1:] if argv is None else argv))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Typed configuration: omegaconf structured configs built from dataclasses.
+
+Every CLI verb owns one dataclass config (kept next to the component that uses it). A config is
+built from its defaults, then an optional YAML file (``--config FILE``), then ``key=value``
+overrides, in that order. Any problem (unknown key, wrong type, missing required value, malformed
+YAML) raises :class:`~pipeline.errors.UserError` with one line that names the key.
+
+Field help text lives in ``field(metadata={"help": "..."})`` and is shown by ``vla VERB --help``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any, TypeVar
+
+import yaml
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import errors as oc_errors
+
+from pipeline.errors import UserError
+
+__all__ = ["MISSING", "load_config", "config_help", "to_yaml", "to_dict", "flat_keys", "helpfield"]
+
+T = TypeVar("T")
+
+
+def helpfield(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
+    """A dataclass field with help text; mutable defaults go through ``default_factory``."""
+    meta = {"help": help}
+    if isinstance(default, (list, dict)):
+        value = default
+        return dataclasses.field(default_factory=lambda: type(value)(value), metadata=meta, **kwargs)
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        value = default
+        return dataclasses.field(default_factory=lambda: dataclasses.replace(value), metadata=meta, **kwargs)
+    return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def flat_keys(cls: type) -> list[tuple[str, str, Any, str]]:
+    """``(dotted_key, type_name, default, help)`` for every leaf field of a config dataclass."""
+    rows: list[tuple[str, str, Any, str]] = []
+    instance = _defaults_instance(cls)
+    _collect(cls, instance, "", rows)
+    return rows
+
+
+def _defaults_instance(cls: type) -> Any:
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.default is MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            kwargs[f.name] = MISSING
+    return cls(**kwargs)
+
+
+def _type_name(tp: Any) -> str:
+    name = getattr(tp, "__name__", None) or str(tp)
+    return str(name).replace("typing.", "")
+
+
+def _collect(cls: type, instance: Any, prefix: str, rows: list) -> None:
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name)
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(value):
+            _collect(type(value), value, key + ".", rows)
+            continue
+        default = "???" if value is MISSING else value
+        rows.append((key, _type_name(f.type), default, f.metadata.get("help", "")))
+
+
+def config_help(cls: type) -> str:
+    rows = flat_keys(cls)
+    width = max((len(k) for k, *_ in rows), default=10)
+    lines = []
+    for key, tp, default, text in rows:
+        shown = "(required)" if default == "???" else f"= {default!r}"
+        lines.append(f"  {key:<{width}}  {tp:<10} {shown}" + (f"  {text}" if text else ""))
+    return "\n".join(lines)
+
+
+def _suggest(key: str, cls: type) -> str:
+    keys = [k for k, *_ in flat_keys(cls)]
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def _user_error(e: Exception, cls: type, source: str) -> UserError:
+    key = getattr(e, "full_key", None) or getattr(e, "key", None) or ""
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if isinstance(e, oc_errors.ConfigKeyError) or "not in struct" in msg or "Key '" in msg and "not in" in msg:
+        return UserError(f"{source}: unknown config key '{key}'{_suggest(str(key), cls)}")
+    if isinstance(e, oc_errors.MissingMandatoryValue):
+        return UserError(f"missing required config value '{key}' (set it with {key}=...)")
+    if isinstance(e, oc_errors.ValidationError):
+        return UserError(f"{source}: config key '{key}' has the wrong type: {msg}")
+    return UserError(f"{source}: bad config value for '{key}': {msg}")
+
+
+def _parse_overrides(overrides: list[str]) -> list[str]:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UserError(f"bad argument '{item}': expected key=value")
+    return list(overrides)
+
+
+def _load_yaml(path: str) -> DictConfig:
+    from pipeline import fs
+
+    try:
+        text = fs.read_text(path)
+    except FileNotFoundError as e:
+        raise UserError(f"config file {path} not found") from e
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"config file {path}{where}: malformed YAML ({getattr(e, 'problem', e)})") from e
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path}: expected a mapping of keys at the top level")
+    return OmegaConf.create(data)
+
+
+def load_config(cls: type[T], overrides: list[str] | None = None, config_file: str | None = None) -> T:
+    """Build a ``cls`` instance from defaults, then ``config_file``, then ``overrides``."""
+    base = OmegaConf.structured(cls)
+    OmegaConf.set_struct(base, True)
+    source = "config"
+    try:
+        if config_file:
+            source = config_file
+            base = OmegaConf.merge(base, _load_yaml(config_file))
+        source = "override"
+        dotlist = _parse_overrides(overrides or [])
+        if dotlist:
+            base = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
+        obj = OmegaConf.to_object(base)
+    except UserError:
+        raise
+    except (oc_errors.OmegaConfBaseException, ValueError) as e:
+        if isinstance(e, ValueError) and not isinstance(e, oc_errors.OmegaConfBaseException):
+            raise UserError(f"{source}: {str(e).splitlines()[0]}") from e
+        raise _user_error(e, cls, source) from e
+    return obj  # type: ignore[return-value]
+
+
+def to_dict(cfg: Any) -> dict:
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
+
+
+def to_yaml(cfg: Any) -> str:
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))

@@ -1,0 +1,1 @@
+"""Data stage: OXE registry, RLDS I/O, fixtures, curation, statistics, mixtures, training stream."""
