@@ -36,5 +36,14 @@ test: install
 lint: install
 	$(BIN)/ruff check pipeline launch tests
 
+bench-curate: install
+	$(BIN)/python -m pipeline.bench.curate
+
+bench-stream: install
+	$(BIN)/python -m pipeline.bench.stream
+
+bench-train: install
+	$(BIN)/python -m pipeline.bench.train
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

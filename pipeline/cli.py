@@ -39,6 +39,14 @@ VERBS: dict[str, Verb] = {
         "pipeline.data.inspect:run_inspect",
         "read datasets back through the registry and print a per-dataset table",
     ),
+    "curate": Verb("pipeline.data.curate:CurateConfig", "pipeline.data.curate:run_curate", "curate a mixture's raw datasets into shuffled TFDS shards + stats (Ray)"),
+    "mixture show": Verb("pipeline.data.mixture_report:MixtureShowConfig", "pipeline.data.mixture_report:run_show", "per-dataset weights, frames, shares and passes of a mixture", ("name",)),
+    "mixture diff": Verb("pipeline.data.mixture_report:MixtureDiffConfig", "pipeline.data.mixture_report:run_diff", "what changed in weights and shares between two mixtures", ("a", "b")),
+    "launch": Verb("launch.config:LaunchConfig", "launch.cli:run_launch", "start training on torchrun | slurm | ray | kuberay from one launch config"),
+    "doctor": Verb("launch.doctor:DoctorConfig", "launch.doctor:run_doctor", "preflight: collective, devices, storage, curated data, disk for a launch config", ("config",)),
+    "train": Verb("pipeline.train.config:TrainConfig", "pipeline.train.main:run_train", "train the VLA with FSDP2 (nproc=N re-launches under torchrun); resumable checkpoints"),
+    "export": Verb("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", "consolidate a training checkpoint into HF-format weights + tokenizer + stats"),
+    "plot": Verb("pipeline.train.plot:PlotConfig", "pipeline.train.plot:run_plot", "render loss/accuracy curves of a run's metrics.jsonl to PNG"),
 }
 
 

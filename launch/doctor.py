@@ -1,0 +1,301 @@
+"""``vla doctor [launch config]``: preflight checks before spending a cluster allocation.
+
+Checks, in order: the launch config, the backend's tools, visible devices, a collective
+(all_reduce over a local gloo group; nccl when enough GPUs are visible), the run dir (write, read
+and delete a probe object), the curated data and statistics of every mixture dataset, and free
+disk. Prints a table ``check | status | detail``; any failure exits 2 naming the first problem.
+
+Keys given on the command line win over the launch config file: ``vla doctor
+launch/configs/local_2node.yaml run_dir=gs://bucket/run``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from omegaconf import OmegaConf
+
+from launch.config import LaunchConfig, world_size
+from pipeline import fs
+from pipeline.config import helpfield, load_config
+from pipeline.errors import UserError
+
+__all__ = ["DoctorConfig", "Check", "CHECKS", "resolve", "run_checks", "format_table", "run_doctor"]
+
+OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
+
+
+@dataclass
+class DoctorConfig(LaunchConfig):
+    config: str = helpfield("", "launch config YAML (positional); keys on the command line win over it")
+    min_free_gb: float = helpfield(5.0, "disk: free space needed where run_dir (or local staging) lives")
+    collective: str = helpfield(
+        "local", "local: a collective_procs group on this machine | backend: through the launch backend "
+        "(torchrun: every node of the config via its rendezvous; ray: nodes*gpus_per_node Ray workers)")
+    collective_procs: int = helpfield(2, "collective=local: processes in the all_reduce group")
+    collective_timeout_s: int = helpfield(120, "collective: give up after this many seconds")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.collective not in ("local", "backend"):
+            raise ValueError(f"doctor key 'collective': got '{self.collective}', expected local or backend")
+        if self.collective == "backend" and self.backend not in ("torchrun", "ray"):
+            raise ValueError(f"doctor key 'collective': backend={self.backend} has no in-place collective "
+                             "check; run `vla doctor ... backend=torchrun collective=backend` on the nodes")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str
+    detail: str
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def resolve(cfg: DoctorConfig) -> DoctorConfig:
+    """Apply ``cfg.config`` under the keys that the command line changed from their defaults."""
+    if not cfg.config:
+        return cfg
+    defaults = _leaves(OmegaConf.to_container(OmegaConf.structured(DoctorConfig)))
+    given = _leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
+    changed = {k: v for k, v in given.items() if defaults.get(k) != v}
+    base = OmegaConf.structured(load_config(DoctorConfig, [], cfg.config))
+    for key, value in changed.items():
+        OmegaConf.update(base, key, value, merge=False)
+    try:
+        return OmegaConf.to_object(base)  # type: ignore[return-value]
+    except ValueError as e:
+        raise UserError(str(e).splitlines()[0]) from e
+
+
+# ------------------------------------------------------------------------------------- checks
+def _train_value(cfg: LaunchConfig, key: str, default: str) -> str:
+    """A trainer key as the trainer will see it: ``train`` entries win over launch keys."""
+    for item in reversed(cfg.train):
+        k, _, v = item.partition("=")
+        if k.strip() == key:
+            return v.strip()
+    return default
+
+
+def check_config(cfg: DoctorConfig) -> tuple[str, str]:
+    from launch.trainer import check_train_overrides
+
+    check_train_overrides(cfg)
+    return OK, (f"backend={cfg.backend} nodes={cfg.nodes} x {cfg.gpus_per_node} proc = "
+                f"{world_size(cfg)} ranks; fsdp.mode={_train_value(cfg, 'fsdp.mode', 'full')}")
+
+
+def check_backend(cfg: DoctorConfig) -> tuple[str, str]:
+    if cfg.backend == "ray":
+        import ray
+
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
+        return OK, f"ray {ray.__version__}; " + (f"cluster {address}" if address else "local Ray (no RAY_ADDRESS)")
+    if cfg.backend == "torchrun":
+        import torch
+
+        return OK, f"torch {torch.__version__} (torch.distributed.run)"
+    exe = cfg.slurm.sbatch if cfg.backend == "slurm" else cfg.kuberay.kubectl
+    path = shutil.which(exe)
+    if path is None:
+        return FAIL, f"'{exe}' not found on PATH (needed by backend={cfg.backend})"
+    return OK, path
+
+
+def check_devices(cfg: DoctorConfig) -> tuple[str, str]:
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        return OK, f"cpu only (gloo); this machine has no CUDA device, {cfg.gpus_per_node} proc/node share the CPU"
+    names = sorted({torch.cuda.get_device_name(i) for i in range(count)})
+    if count < cfg.gpus_per_node:
+        return FAIL, f"{count} CUDA device(s) visible but gpus_per_node={cfg.gpus_per_node} ({', '.join(names)})"
+    return OK, f"{count} CUDA device(s): {', '.join(names)}"
+
+
+def _run_group(commands: list[list[str]], timeout_s: int) -> tuple[str, str]:
+    """Start every command, wait for all; ``(status, first summary line or the first failure)``."""
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for c in commands]
+    outputs = []
+    for p in procs:
+        try:
+            outputs.append(p.communicate(timeout=timeout_s)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+                q.wait()
+            return FAIL, f"all_reduce over {len(procs)} process(es) did not finish in {timeout_s}s"
+    for index, (p, out) in enumerate(zip(procs, outputs)):
+        if p.returncode != 0:
+            return FAIL, f"process {index} failed: {(out.strip().splitlines() or ['no output'])[-1]}"
+    return OK, next((line for o in outputs for line in o.splitlines() if line.startswith("all_reduce over")), "")
+
+
+def check_collective(cfg: DoctorConfig) -> tuple[str, str]:
+    if cfg.collective == "backend" and cfg.backend == "ray":
+        return _collective_ray(cfg)
+    from launch.torchrun import free_port, node_commands
+
+    start = time.perf_counter()
+    if cfg.collective == "backend":  # torchrun: the same nodes and rendezvous as the training run
+        commands = node_commands(cfg, entry=["-m", "launch._collective"])
+    else:
+        n = max(1, cfg.collective_procs)
+        argv = [sys.executable, "-m", "launch._collective", "--world", str(n), "--port", str(free_port())]
+        commands = [[*argv, "--rank", str(r)] for r in range(n)]
+    status, detail = _run_group(commands, cfg.collective_timeout_s)
+    if status != OK:
+        return status, detail
+    where = " (torchrun, launch rendezvous)" if cfg.collective == "backend" else ""
+    return OK, f"{detail}{where} in {time.perf_counter() - start:.1f}s"
+
+
+def _ray_worker(config: dict) -> None:
+    from launch._collective import allreduce_check
+
+    allreduce_check()  # raises on a wrong sum: the run fails
+
+
+def _collective_ray(cfg: DoctorConfig) -> tuple[str, str]:
+    """all_reduce across ``nodes * gpus_per_node`` Ray Train workers (the training layout)."""
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from launch.ray_train import _connect, _use_gpu
+
+    start = time.perf_counter()
+    started = _connect(cfg)
+    storage = tempfile.mkdtemp(prefix="vla-doctor-")
+    try:
+        use_gpu = _use_gpu(cfg)
+        trainer = TorchTrainer(
+            _ray_worker, torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+            scaling_config=ScalingConfig(num_workers=world_size(cfg), use_gpu=use_gpu,
+                                         resources_per_worker={"CPU": cfg.ray.cpus_per_worker,
+                                                               **({"GPU": 1} if use_gpu else {})}),
+            run_config=RunConfig(name=f"{cfg.job_name}-doctor", storage_path=storage))
+        trainer.fit()
+        return OK, (f"all_reduce over {world_size(cfg)} {'nccl' if use_gpu else 'gloo'} Ray Train worker(s) "
+                    f"= expected sum in {time.perf_counter() - start:.1f}s")
+    finally:
+        shutil.rmtree(storage, ignore_errors=True)
+        if started:
+            ray.shutdown()
+
+
+def check_storage(cfg: DoctorConfig) -> tuple[str, str]:
+    probe = fs.join(cfg.run_dir, f".doctor-probe-{uuid.uuid4().hex[:12]}")
+    payload = uuid.uuid4().bytes
+    start = time.perf_counter()
+    try:
+        fs.write_bytes(probe, payload)
+        if fs.read_bytes(probe) != payload:
+            return FAIL, f"{probe}: read back different bytes"
+        fs.remove(probe)
+    except Exception as e:  # any storage error is the finding
+        return FAIL, f"{cfg.run_dir} not writable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if fs.exists(probe):
+        return FAIL, f"{probe}: could not delete the probe object"
+    return OK, f"{cfg.run_dir}: write+read+delete probe in {1000 * (time.perf_counter() - start):.0f} ms"
+
+
+def check_data(cfg: DoctorConfig) -> tuple[str, str]:
+    if _train_value(cfg, "data.source", "stream") == "synthetic":
+        return SKIP, "data.source=synthetic (no curated data read)"
+    from pipeline.data.manifest import curated_dir, read_manifest
+    from pipeline.data.mixtures import load_mixture
+
+    curated = _train_value(cfg, "data.curated", cfg.curated or "curated")
+    mixture = load_mixture(_train_value(cfg, "data.mixture", cfg.mixture or "demo"))
+    frames = 0
+    for name in mixture.datasets:
+        url = curated_dir(curated, name)
+        manifest = read_manifest(url)
+        if manifest is None:
+            return FAIL, f"{name}: no manifest.json under {url} (curate it: vla curate ...)"
+        missing = [s["file"] for s in manifest.get("shards", []) if not fs.exists(fs.join(url, s["file"]))]
+        if missing:
+            return FAIL, f"{name}: shard {missing[0]} listed in manifest.json is missing under {url}"
+        stats_url = fs.join(url, "dataset_statistics.json")
+        if not fs.exists(stats_url) or name not in fs.read_json(stats_url):
+            return FAIL, f"{name}: dataset_statistics.json missing or without key '{name}' under {url}"
+        frames += int(manifest.get("total_frames", 0))
+    return OK, f"mixture {mixture.name}: {len(mixture.datasets)} dataset(s), {frames} frames under {curated}"
+
+
+def _existing_parent(path: str) -> str:
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_disk(cfg: DoctorConfig) -> tuple[str, str]:
+    where = _existing_parent(os.getcwd() if fs.is_remote(cfg.run_dir) else cfg.run_dir)
+    free_gb = shutil.disk_usage(where).free / 2**30
+    role = "local staging (cwd)" if fs.is_remote(cfg.run_dir) else "run_dir"
+    if free_gb < cfg.min_free_gb:
+        return FAIL, f"{role} {where}: {free_gb:.1f} GiB free < min_free_gb={cfg.min_free_gb}"
+    return OK, f"{role} {where}: {free_gb:.1f} GiB free"
+
+
+CHECKS: dict[str, Callable[[DoctorConfig], tuple[str, str]]] = {
+    "config": check_config,
+    "backend": check_backend,
+    "devices": check_devices,
+    "collective": check_collective,
+    "storage": check_storage,
+    "data": check_data,
+    "disk": check_disk,
+}
+
+
+def run_checks(cfg: DoctorConfig) -> list[Check]:
+    results = []
+    for name, fn in CHECKS.items():
+        try:
+            status, detail = fn(cfg)
+        except Exception as e:  # a check that raises is a failed check, reported in its row
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            status, detail = FAIL, f"{type(e).__name__}: {msg}" if not isinstance(e, UserError) else msg
+        results.append(Check(name, status, detail))
+    return results
+
+
+def format_table(results: list[Check]) -> str:
+    rows = [("check", "status", "detail")] + [dataclasses.astuple(r) for r in results]
+    w0 = max(len(r[0]) for r in rows)
+    w1 = max(len(r[1]) for r in rows)
+    return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
+
+
+def run_doctor(cfg: DoctorConfig) -> int:
+    cfg = resolve(cfg)
+    results = run_checks(cfg)
+    print(format_table(results))
+    failed = [r for r in results if r.status == FAIL]
+    if failed:
+        print(f"error: doctor: {failed[0].name}: {failed[0].detail}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,353 @@
+"""Training entry points.
+
+- ``train(cfg) -> dict``: run in this process as one rank. Joins the process group from the
+  torchrun env (or reuses one that exists, e.g. inside a Ray Train worker; or creates a 1-rank
+  gloo group), builds tokenizer, model (FSDP2) and stream, trains, returns a summary.
+- ``run_train(cfg)``: the ``vla train`` verb. ``nproc > 1`` outside torchrun re-launches itself as
+  ``python -m torch.distributed.run --standalone --nproc-per-node N -m pipeline.train.main``.
+- ``python -m pipeline.train.main [--config FILE] [key=value ...]``: one rank under torchrun.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import tempfile
+from typing import Any
+
+from pipeline import fs
+from pipeline.config import to_yaml
+from pipeline.errors import UserError
+from pipeline.train.config import TrainConfig, grad_accum_steps
+from pipeline.train.parallel import ParallelDims
+
+__all__ = ["train", "run_train", "main", "validate", "under_torchrun"]
+
+log = logging.getLogger("pipeline.train")
+
+# instruction corpus of the offline demo tokenizer (byte-level BPE: any text still encodes)
+_DEMO_CORPUS = (
+    "pick up the red block", "pick up the green block", "pick up the yellow block", "pick up the orange block",
+    "grasp the red block", "move to the red block and lift it", "open the drawer", "close the drawer",
+    "put the spoon in the pot", "push the blue cup to the left", "place the can on the plate",
+    "stack the green bowl on the towel", "wipe the table with the sponge", "move the lid",
+)
+
+
+def under_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ or ("LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ)
+
+
+# -- validation (no writes) --------------------------------------------------------------------------
+def validate(cfg: TrainConfig, world_size: int) -> int:
+    """Check user input before anything is written; returns the grad-accumulation steps."""
+    accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
+    if cfg.data.source == "stream":
+        _check_data(cfg)
+    ParallelDims(world_size=world_size, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size)  # checks only
+    _check_storage(cfg.checkpoint_root)
+    if cfg.resume not in ("auto", "none"):
+        _check_checkpoint(cfg.resume, cfg)
+    elif cfg.resume == "auto":
+        from pipeline.train.checkpoint import find_latest
+
+        latest = find_latest(cfg.checkpoint_root)
+        if latest:
+            check_model_compatible(latest, cfg.model)
+    return accum
+
+
+def _check_data(cfg: TrainConfig) -> None:
+    from pipeline.data.mixtures import load_mixture
+
+    root = cfg.data.data_root
+    try:
+        root_exists = fs.exists(root)
+    except Exception as e:  # noqa: BLE001 - unreachable storage
+        raise UserError(f"data.data_root={root}: storage not reachable ({type(e).__name__})") from e
+    if not root_exists:
+        raise UserError(f"data.data_root={root}: curated data not found (run `vla curate out={root}`)")
+    mixture = load_mixture(cfg.data.mixture)
+    missing = [n for n, w in mixture.datasets.items()
+               if w > 0 and not fs.exists(fs.join(root, n, "1.0.0", "dataset_statistics.json"))]
+    if missing:
+        raise UserError(f"data.mixture={cfg.data.mixture}: datasets not curated under {root}: "
+                        f"{', '.join(missing)} (run `vla curate mixture={cfg.data.mixture} out={root}`)")
+
+
+def _check_storage(root: str) -> None:
+    try:
+        if fs.is_remote(root):
+            fsys, path = fs.get_fs(root)
+            fsys.ls(path.split("/", 1)[0])
+    except Exception as e:  # noqa: BLE001 - any storage failure is one line
+        raise UserError(f"checkpoint.dir={root}: storage not reachable ({type(e).__name__}: "
+                        f"{(str(e).splitlines() or [''])[0][:200]})") from e
+
+
+def _check_checkpoint(url: str, cfg: TrainConfig) -> None:
+    from pipeline.train.checkpoint import COMMIT
+
+    try:
+        committed = fs.exists(fs.join(url, COMMIT))
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"resume={url}: storage not reachable ({type(e).__name__})") from e
+    if not committed:
+        raise UserError(f"resume={url}: not a committed checkpoint (no {COMMIT} marker)")
+    check_model_compatible(url, cfg.model)
+
+
+_ARCH_KEYS = ("preset", "image_size", "llm_hidden_size", "llm_num_layers", "llm_num_heads", "llm_num_kv_heads",
+              "llm_intermediate_size", "vision_depth", "pad_vocab_multiple")
+
+
+def check_model_compatible(url: str, model_cfg: Any) -> None:
+    """UserError when checkpoint ``url`` was saved from another model architecture."""
+    path = fs.join(url, "model_config.json")
+    if not fs.exists(path):
+        raise UserError(f"{url}: no model_config.json (not a checkpoint written by `vla train`)")
+    saved = fs.read_json(path)
+    ours = model_cfg.resolved().to_dict()
+    diff = [f"{k}={saved.get(k)!r} (now {ours.get(k)!r})" for k in _ARCH_KEYS if saved.get(k) != ours.get(k)]
+    if diff:
+        raise UserError(f"checkpoint {url} is from an incompatible model: {', '.join(diff)}; "
+                        f"set model.preset={saved.get('preset')} or start without resume")
+
+
+# -- building blocks ----------------------------------------------------------------------------------
+def _setup_logging(rank: int) -> None:
+    """INFO from rank 0, warnings from every rank, each line prefixed with its rank."""
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"[rank{rank}] %(asctime)s %(levelname)s %(message)s",
+                        datefmt="%H:%M:%S")
+    log.setLevel(level)  # also when the host (Ray, a notebook) configured logging already
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def build_tokenizer(cfg: TrainConfig) -> Any:
+    from pipeline.model import build_demo_tokenizer, load_text_tokenizer
+
+    if cfg.data.tokenizer == "demo":
+        from pipeline.train.synthetic import synthetic_instructions
+
+        return build_demo_tokenizer(list(_DEMO_CORPUS) + synthetic_instructions(cfg.data.synthetic_tasks))
+    return load_text_tokenizer(cfg.data.tokenizer)
+
+
+def build_stream(cfg: TrainConfig, *, prompt_builder: Any, pad_id: int, rank: int, world: int,
+                 image_size: int) -> Any:
+    if cfg.data.source == "synthetic":
+        from pipeline.train.synthetic import SyntheticStream
+
+        return SyntheticStream(prompt_builder=prompt_builder, pad_id=pad_id, batch_size=cfg.per_device_batch,
+                               rank=rank, world_size=world, seed=cfg.seed if cfg.data.seed < 0 else cfg.data.seed,
+                               image_size=cfg.data.resolution or image_size, num_tasks=cfg.data.synthetic_tasks)
+    from pipeline.data.stream import TrainingStream
+
+    scfg = cfg.data.stream_config(batch_size=cfg.per_device_batch, seed=cfg.seed, resolution=image_size)
+    return TrainingStream(scfg, rank=rank, world_size=world, prompt_builder=prompt_builder, pad_id=pad_id)
+
+
+def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
+    """Merged dataset_statistics.json of the training datasets (identity stats for synthetic)."""
+    if cfg.data.source == "synthetic":
+        ident = {"mean": [0.0] * 7, "std": [1.0] * 7, "min": [-1.0] * 7, "max": [1.0] * 7,
+                 "q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 7}
+        return {n: {"action": ident, "num_transitions": 0, "num_trajectories": 0} for n in names}
+    out: dict = {}
+    for name in names:
+        out.update(fs.read_json(fs.join(cfg.data.data_root, name, "1.0.0", "dataset_statistics.json")))
+    return out
+
+
+def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
+    """The VLA, initialized from the run seed identically on every rank, then AC + FSDP2."""
+    import torch
+
+    from pipeline.model import build_vla
+    from pipeline.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_dtype
+
+    torch.manual_seed(cfg.seed)
+    model = build_vla(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, device=device)
+    units = model.fsdp_units()
+    apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
+    return apply_fsdp(model, mesh, units=units,
+                      param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
+                      reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"),
+                      reshard_after_forward=cfg.fsdp.reshard_after_forward)
+
+
+def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    with tempfile.TemporaryDirectory(prefix="vla-tok-") as tmp:
+        tokenizer.save_pretrained(tmp)
+        out = {}
+        for name in sorted(os.listdir(tmp)):
+            with open(os.path.join(tmp, name), encoding="utf-8") as f:
+                out[f"tokenizer/{name}"] = f.read()
+        return out
+
+
+def _resume_url(cfg: TrainConfig, rank: int) -> str | None:
+    from pipeline.train.checkpoint import find_latest
+    from pipeline.train.parallel import barrier
+
+    if cfg.resume == "none":
+        return None
+    if cfg.resume != "auto":
+        return cfg.resume
+    url = find_latest(cfg.checkpoint_root, clean_partial=False)
+    barrier()  # every rank has listed before rank 0 cleans partial dirs up
+    if rank == 0:
+        find_latest(cfg.checkpoint_root, clean_partial=True)
+    if url is not None:
+        check_model_compatible(url, cfg.model)
+    return url
+
+
+# -- train ----------------------------------------------------------------------------------------------
+def train(cfg: TrainConfig) -> dict:
+    """Train as one rank of the current (or a new) process group; returns the run summary."""
+    import torch
+    import torch.distributed as dist
+
+    from pipeline.train.parallel import init_distributed, resolve_device
+
+    device = resolve_device(cfg.device)
+    world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    accum = validate(cfg, world)  # before the process group exists and before any write
+    created = init_distributed(device)
+    deterministic = (torch.are_deterministic_algorithms_enabled(),
+                     torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(cfg, device, accum)
+    finally:
+        torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
+    from pipeline.model import ActionPromptBuilder
+    from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
+    from pipeline.train.loop import Loop, SignalWatch, TrainState, run_loop, stream_epoch
+    from pipeline.train.metrics import MetricsLogger, MovingAverage, StepStats, peak_flops
+    from pipeline.train.optim import build_optimizer, build_scheduler
+    from pipeline.train.parallel import ParallelDims, rank_and_world
+
+    rank, world = rank_and_world()
+    _setup_logging(rank)
+    _seed_everything(cfg.seed, cfg.deterministic and device.type == "cpu")
+    dims = ParallelDims(world_size=world, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size,
+                        device_type=device.type)
+    tokenizer = build_tokenizer(cfg)
+    builder = ActionPromptBuilder(tokenizer)
+    model = build_model(cfg, tokenizer, device, dims.mesh)
+    image_size = model.config.image_size
+    stream = build_stream(cfg, prompt_builder=builder, pad_id=tokenizer.pad_token_id, rank=rank, world=world,
+                          image_size=image_size)
+    names = list(stream.dataset_names)
+    optimizer = build_optimizer(model, cfg.optim)
+    state = TrainState(build_scheduler(optimizer, cfg.optim, cfg.stop.max_steps), MovingAverage(cfg.stop.window))
+    files = {"config.yaml": to_yaml(cfg), "model_config.json": json.dumps(model.config.to_dict(), indent=2),
+             "dataset_statistics.json": json.dumps(dataset_statistics(cfg, names), indent=2),
+             **_tokenizer_files(tokenizer)}
+    ckpt = CheckpointManager(cfg.checkpoint, root=cfg.checkpoint_root, files=files,
+                             states={"app": ModelOptimState(model, optimizer), "train": state, "data": stream})
+    if rank == 0:
+        fs.makedirs(cfg.run_dir)
+        fs.write_text(fs.join(cfg.run_dir, "config.yaml"), files["config.yaml"])
+    resume = _resume_url(cfg, rank)
+    if resume:
+        ckpt.load(resume)
+        state.epoch = stream_epoch(stream)
+    logger = MetricsLogger(cfg.metrics, run_dir=cfg.run_dir, rank=rank, start_step=state.step,
+                           max_steps=cfg.stop.max_steps, dataset_names=names)
+    loop = Loop(model=model, optimizer=optimizer, stream=stream, action_tokenizer=builder.action_tokenizer,
+                state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt,
+                device=device, accum=accum, grad_clip=cfg.optim.grad_clip, world_size=world, rank=rank,
+                peak_flops=peak_flops(device, cfg.metrics.peak_tflops), dataset_names=names,
+                stop_accuracy=cfg.stop.accuracy, max_steps=cfg.stop.max_steps, max_epochs=cfg.stop.max_epochs,
+                crash_at_step=cfg.debug.crash_at_step, crash_rank=cfg.debug.crash_rank,
+                term_at_step=cfg.debug.term_at_step, run_dir=cfg.run_dir,
+                signals=SignalWatch().install())
+    log.info("training: world=%d mesh=%s accum=%d global_batch=%d resume=%s", world, dims.mesh.shape, accum,
+             accum * world * cfg.per_device_batch, resume or "-")
+    try:
+        summary = run_loop(loop)
+    finally:
+        loop.signals.restore()
+        logger.close()
+        ckpt.close()
+        stream.close()
+    summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params())
+    if rank == 0:
+        fs.write_json(fs.join(cfg.run_dir, "summary.json"), summary)
+    return summary
+
+
+# -- CLI ------------------------------------------------------------------------------------------------
+def run_train(cfg: TrainConfig) -> int:
+    """``vla train``: in-process for nproc=1 (or under torchrun), else re-launch under torchrun."""
+    if cfg.nproc == 1 or under_torchrun():
+        summary = train(cfg)
+        print(json.dumps(summary))
+        return 0
+    validate(cfg, cfg.nproc)
+    return launch_torchrun(cfg)
+
+
+def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None) -> int:
+    """Run ``cfg`` on ``cfg.nproc`` local ranks via torchrun; prints the summary; returns the exit code."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="vla-train-", delete=False) as f:
+        f.write(to_yaml(cfg))
+        config_path = f.name
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc),
+           "-m", "pipeline.train.main", "--config", config_path]
+    env = dict(os.environ, **(extra_env or {}))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    try:
+        code = subprocess.call(cmd, env=env)
+    finally:
+        os.remove(config_path)
+    summary_path = fs.join(cfg.run_dir, "summary.json")
+    if code == 0 and fs.exists(summary_path):
+        print(json.dumps(fs.read_json(summary_path)))
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank under torchrun: ``[--config FILE] [key=value ...]`` like ``vla train``."""
+    from pipeline.config import load_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_file = None
+    if "--config" in args:
+        i = args.index("--config")
+        config_file = args[i + 1]
+        del args[i:i + 2]
+    try:
+        cfg = load_config(TrainConfig, args, config_file)
+        train(cfg)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Training metrics: per-step sums all-reduced across ranks, derived rates, and sinks.
+
+Per micro-batch the loop calls :meth:`StepStats.add` with the loss and the predicted / target
+action token ids; at the end of a step :meth:`StepStats.reduce` sums everything over ranks in one
+``all_reduce`` and returns plain floats. :class:`MetricsLogger` writes a record per step to
+``run_dir/metrics.jsonl`` and TensorBoard and drives a tqdm bar, all from rank 0 only.
+:class:`MovingAverage` implements the stop rule and is Stateful (checkpointed with the run).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = [
+    "MetricsConfig",
+    "StepStats",
+    "MovingAverage",
+    "MetricsLogger",
+    "action_stats",
+    "peak_flops",
+    "read_metrics",
+]
+
+log = logging.getLogger("pipeline.train")
+
+# dense bf16 peak FLOP/s per device by name fragment (spec sheets); the bench measures its own.
+_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12}
+
+
+@dataclass(kw_only=True)
+class MetricsConfig:
+    log_every: int = field(default=1, metadata={"help": "write a metrics record every N steps"})
+    tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard events (rank 0)"})
+    progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
+    peak_tflops: float = field(default=0.0, metadata={"help": "per-device peak for MFU (0: by GPU name; CPU: no MFU)"})
+
+    def __post_init__(self) -> None:
+        if self.log_every < 1:
+            raise ValueError(f"metrics.log_every={self.log_every}: must be >= 1")
+
+
+def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float:
+    """Peak bf16 FLOP/s of one device; 0.0 when unknown (MFU is then not reported)."""
+    if override_tflops > 0:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return 0.0
+    name = torch.cuda.get_device_name(device)
+    for key, value in _PEAK_BF16.items():
+        if key in name:
+            return value
+    return 0.0
+
+
+def action_stats(predictions: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
+                 action_tokenizer: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample (correct, action-token count, L1 sum) from ``VLAOutput.predictions/targets``.
+
+    ``predictions``/``targets``: int64 [N], the supervised positions in row-major order of the
+    batch; ``labels`` [B, L] tells how many of them belong to each sample (labels[:, 1:] != -100,
+    the HF shift). Only action tokens count (EOS excluded); the L1 is between the decoded
+    continuous (normalized) actions of prediction and target.
+    """
+    per_sample = (labels[:, 1:] != -100).sum(dim=1)
+    sample = torch.repeat_interleave(torch.arange(labels.shape[0], device=labels.device), per_sample)
+    mask = action_tokenizer.is_action(targets)
+    correct_tok = ((predictions == targets) & mask).double()
+    l1_tok = (action_tokenizer.decode(predictions) - action_tokenizer.decode(targets)).abs().double() * mask
+    zeros = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device)
+    correct = zeros.index_add(0, sample, correct_tok)
+    count = zeros.index_add(0, sample, mask.double())
+    l1 = zeros.index_add(0, sample, l1_tok)
+    return correct, count, l1
+
+
+_HEAD = 10
+
+
+class StepStats:
+    """Sums over the micro-batches of one optimizer step on this rank; reduced across ranks."""
+
+    def __init__(self, num_datasets: int, device: torch.device) -> None:
+        self.num_datasets = max(1, num_datasets)
+        self.device = device
+        self.reset()
+
+    def reset(self) -> None:
+        # layout: loss_sum, micro, correct, count, l1, samples, tokens, data_wait, flops, signalled
+        # ranks, then per dataset (correct, count) pairs
+        self._sums = torch.zeros(_HEAD + 2 * self.num_datasets, dtype=torch.float64, device=self.device)
+
+    def add(self, *, loss: torch.Tensor, correct: torch.Tensor, count: torch.Tensor, l1: torch.Tensor,
+            dataset_index: torch.Tensor, tokens: int, data_wait_s: float, flops: float) -> None:
+        s = self._sums
+        s[0] += loss.detach().double()
+        s[1] += 1
+        s[2] += correct.sum()
+        s[3] += count.sum()
+        s[4] += l1.sum()
+        s[5] += correct.numel()
+        s[6] += tokens
+        s[7] += data_wait_s
+        s[8] += flops
+        idx = dataset_index.to(self.device).long().clamp(0, self.num_datasets - 1)
+        per = s[_HEAD:].view(self.num_datasets, 2)
+        per[:, 0].index_add_(0, idx, correct.to(self.device))
+        per[:, 1].index_add_(0, idx, count.to(self.device))
+
+    def flag_signal(self) -> None:
+        """This rank got SIGTERM: every rank learns it from the step's all-reduce."""
+        self._sums[9] = 1.0
+
+    def reduce(self) -> dict[str, Any]:
+        """All-reduce (sum) over ranks and derive the step's metrics; resets the sums."""
+        import torch.distributed as dist
+
+        sums = self._sums.clone()
+        world = 1
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)
+            world = dist.get_world_size()
+        self.reset()
+        v = sums.tolist()
+        per = [(v[_HEAD + 2 * i], v[_HEAD + 1 + 2 * i]) for i in range(self.num_datasets)]
+        return {
+            "loss": v[0] / max(v[1], 1.0),
+            "action_accuracy": v[2] / v[3] if v[3] else 0.0,
+            "l1": v[4] / v[3] if v[3] else 0.0,
+            "samples": int(v[5]),
+            "tokens": int(v[6]),
+            "data_wait_s": v[7] / world,
+            "flops": v[8],
+            "signal": v[9] > 0,
+            "dataset_accuracy": [c / n if n else None for c, n in per],
+        }
+
+
+class MovingAverage:
+    """Mean of the last ``window`` values; Stateful so a resumed run stops at the same step."""
+
+    def __init__(self, window: int) -> None:
+        if window < 1:
+            raise ValueError(f"stop.window={window}: must be >= 1")
+        self.window = window
+        self.values: collections.deque[float] = collections.deque(maxlen=window)
+
+    def update(self, value: float) -> float:
+        self.values.append(float(value))
+        return self.value
+
+    @property
+    def value(self) -> float:
+        return sum(self.values) / len(self.values) if self.values else 0.0
+
+    @property
+    def full(self) -> bool:
+        return len(self.values) == self.window
+
+    def reached(self, threshold: float) -> bool:
+        """True once the window is full and its mean is >= ``threshold``."""
+        return self.full and self.value >= threshold
+
+    def state_dict(self) -> dict:
+        return {"window": self.window, "values": list(self.values)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.values = collections.deque((float(x) for x in state["values"]), maxlen=self.window)
+
+
+def read_metrics(path: str) -> list[dict]:
+    """Records of a metrics.jsonl (local or URL); the last record wins for a repeated step."""
+    from pipeline import fs
+
+    if not fs.exists(path):
+        return []
+    by_step: dict[int, dict] = {}
+    for line in fs.read_text(path).splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            by_step[int(rec["step"])] = rec
+    return [by_step[k] for k in sorted(by_step)]
+
+
+class MetricsLogger:
+    """metrics.jsonl + TensorBoard + tqdm, active on rank 0 only. ``close()`` is idempotent."""
+
+    def __init__(self, cfg: MetricsConfig, *, run_dir: str, rank: int, start_step: int, max_steps: int,
+                 dataset_names: list[str]) -> None:
+        self.cfg = cfg
+        self.enabled = rank == 0
+        self.dataset_names = dataset_names
+        self._jsonl = None
+        self._tb = None
+        self._bar = None
+        if not self.enabled:
+            return
+        self.run_dir = run_dir
+        self._local_dir = _local_run_dir(run_dir)
+        path = os.path.join(self._local_dir, "metrics.jsonl")
+        if self._remote:
+            _download_if_exists(fs_join(run_dir, "metrics.jsonl"), path)
+        _truncate_after(path, start_step)
+        self._jsonl = open(path, "a", encoding="utf-8")
+        if cfg.tensorboard:
+            SummaryWriter = _summary_writer_cls()
+            self._tb = SummaryWriter(os.path.join(self._local_dir, "tensorboard"), purge_step=start_step + 1)
+        if cfg.progress:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=max_steps, initial=start_step, desc="train", dynamic_ncols=True,
+                             mininterval=1.0)
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(step - self._bar.n)
+            self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['action_accuracy']:.3f}",
+                                  refresh=False)
+        if step % self.cfg.log_every:
+            return
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for key, value in _scalars(record, self.dataset_names):
+                self._tb.add_scalar(key, value, step)
+
+    @property
+    def _remote(self) -> bool:
+        from pipeline import fs
+
+        return fs.is_remote(self.run_dir)
+
+    def close(self) -> None:
+        """Close the sinks; a remote run_dir gets the metrics.jsonl of the local mirror."""
+        jsonl = self._jsonl
+        for attr in ("_bar", "_tb", "_jsonl"):
+            obj = getattr(self, attr)
+            if obj is not None:
+                obj.close()
+                setattr(self, attr, None)
+        if jsonl is not None and self._remote:
+            from pipeline import fs
+
+            with open(os.path.join(self._local_dir, "metrics.jsonl"), "rb") as f:
+                fs.write_bytes(fs.join(self.run_dir, "metrics.jsonl"), f.read())
+
+
+def _summary_writer_cls():
+    """torch's SummaryWriter without importing TensorFlow (~4 s, ~1 GB per rank): TensorBoard's
+    own switch for that is the presence of the ``tensorboard.compat.notf`` module."""
+    import sys
+    import types
+
+    if "tensorflow" not in sys.modules:
+        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter
+
+
+def _scalars(record: dict, names: list[str]):
+    for key in ("loss", "action_accuracy", "action_accuracy_avg", "l1", "lr", "grad_norm",
+                "samples_per_s", "tokens_per_s", "mfu", "data_wait_pct"):
+        if record.get(key) is not None:
+            yield f"train/{key}", record[key]
+    for name, acc in (record.get("dataset_accuracy") or {}).items():
+        if acc is not None and name in names:
+            yield f"dataset_accuracy/{name}", acc
+
+
+def _local_run_dir(run_dir: str) -> str:
+    """Metrics are appended locally; for a remote run_dir they live in a local mirror dir."""
+    from pipeline import fs
+
+    if fs.is_remote(run_dir):
+        local = os.path.join(os.path.expanduser("~"), ".cache", "vla-runs", run_dir.replace("://", "/"))
+    else:
+        local = run_dir
+    os.makedirs(local, exist_ok=True)
+    return local
+
+
+def fs_join(url: str, *parts: str) -> str:
+    from pipeline import fs
+
+    return fs.join(url, *parts)
+
+
+def _download_if_exists(url: str, path: str) -> None:
+    from pipeline import fs
+
+    if fs.exists(url):
+        with open(path, "wb") as f:
+            f.write(fs.read_bytes(url))
+
+
+def _truncate_after(path: str, step: int) -> None:
+    """Drop records past ``step`` (a resumed run rewrites them) so the file reads as one run."""
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(lines)
+    os.replace(tmp, path)

@@ -1,0 +1,112 @@
+"""``vla doctor``: every check on this machine (real gloo all_reduce, real storage probes)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from launch_helpers import REPO
+
+from launch import doctor
+from launch.doctor import DoctorConfig, resolve, run_checks
+from pipeline.cli import main
+from pipeline.config import load_config
+
+SYNTHETIC = "train=[data.source=synthetic]"
+
+
+def _by_name(results):
+    return {r.name: r for r in results}
+
+
+def test_all_checks_pass_through_the_2node_rendezvous(tmp_path, capsys):
+    """collective=backend: the all_reduce runs under torchrun on both local "nodes" (c10d)."""
+    code = main(["doctor", os.path.join(REPO, "launch", "configs", "local_2node.yaml"),
+                 f"run_dir={tmp_path / 'run'}", "collective=backend", SYNTHETIC])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
+    assert rows == {"config": "ok", "backend": "ok", "devices": "ok", "collective": "ok", "storage": "ok",
+                    "data": "skip", "disk": "ok"}
+    assert "cpu only" in out and "all_reduce over 2 gloo rank(s) = 3 (expected) (torchrun" in out
+    assert not [p for p in os.listdir(tmp_path / "run") if p.startswith(".doctor")]  # probe deleted
+
+
+def test_local_collective(tmp_path):
+    cfg = load_config(DoctorConfig, [f"run_dir={tmp_path}", "collective_procs=2"])
+    status, detail = doctor.check_collective(cfg)
+    assert status == "ok" and "all_reduce over 2 gloo rank(s) = 3" in detail, detail
+
+
+def test_collective_backend_needs_torchrun_or_ray():
+    from pipeline.errors import UserError
+
+    with pytest.raises(UserError, match="collective"):
+        load_config(DoctorConfig, ["backend=slurm", "collective=backend"])
+
+
+def test_positional_config_with_overrides_on_top(tmp_path):
+    path = os.path.join(REPO, "launch", "configs", "slurm_64xa100.yaml")
+    cfg = resolve(load_config(DoctorConfig, [f"config={path}", "nodes=2", f"run_dir={tmp_path}"]))
+    assert (cfg.backend, cfg.nodes, cfg.gpus_per_node, cfg.run_dir) == ("slurm", 2, 8, str(tmp_path))
+    assert cfg.slurm.partition == "a100"
+
+
+@pytest.fixture()
+def no_collective(monkeypatch):
+    """Skip the (slow, already covered) collective check in the failure-path tests."""
+    monkeypatch.setitem(doctor.CHECKS, "collective", lambda cfg: (doctor.SKIP, "not run in this test"))
+
+
+def test_unwritable_run_dir_fails_with_exit_2(tmp_path, capsys, no_collective):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    code = main(["doctor", f"run_dir={blocker}/run", SYNTHETIC])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "storage" in captured.err and captured.err.count("\n") == 1
+
+
+def test_gcs_run_dir_probe(gcs_bucket, no_collective):
+    cfg = load_config(DoctorConfig, [f"run_dir={gcs_bucket}/run", SYNTHETIC])
+    storage = _by_name(run_checks(cfg))["storage"]
+    assert storage.status == "ok" and gcs_bucket in storage.detail
+
+
+def _curate_fake(root, name: str, *, stats: bool = True, shard: bool = True) -> None:
+    d = root / name / "1.0.0"
+    d.mkdir(parents=True)
+    shard_name = f"{name}-train.tfrecord-00000-of-00001"
+    if shard:
+        (d / shard_name).write_bytes(b"")
+    (d / "manifest.json").write_text(json.dumps({"shards": [{"file": shard_name}], "total_frames": 30}))
+    if stats:
+        (d / "dataset_statistics.json").write_text(json.dumps({name: {"action": {}}}))
+
+
+@pytest.mark.parametrize("problem, expect", [(None, "ok"), ("stats", "FAIL"), ("shard", "FAIL"),
+                                             ("uncurated", "FAIL")])
+def test_data_check(tmp_path, no_collective, problem, expect):
+    mixture = tmp_path / "mix.yaml"
+    mixture.write_text("name: mix\ndatasets:\n  bridge_orig: 1.0\n  fractal20220817_data: 0.5\n")
+    curated = tmp_path / "curated"
+    _curate_fake(curated, "bridge_orig")
+    if problem != "uncurated":
+        _curate_fake(curated, "fractal20220817_data", stats=problem != "stats", shard=problem != "shard")
+    cfg = load_config(DoctorConfig, [f"run_dir={tmp_path / 'run'}", f"mixture={mixture}", f"curated={curated}"])
+    data = _by_name(run_checks(cfg))["data"]
+    assert data.status == expect, data.detail
+    if expect == "FAIL":
+        assert "fractal20220817_data" in data.detail
+
+
+def test_backend_tool_missing(tmp_path, no_collective):
+    cfg = load_config(DoctorConfig, ["backend=slurm", "slurm.sbatch=/nonexistent/sbatch",
+                                     f"run_dir={tmp_path}", SYNTHETIC])
+    assert _by_name(run_checks(cfg))["backend"].status == "FAIL"
+
+
+def test_disk_threshold(tmp_path, no_collective):
+    cfg = load_config(DoctorConfig, [f"run_dir={tmp_path}", "min_free_gb=1e9", SYNTHETIC])
+    assert _by_name(run_checks(cfg))["disk"].status == "FAIL"
