@@ -503,7 +503,7 @@ class WrittenShard(NamedTuple):
 class EpisodeWriter:
     """Write episodes to one TFRecord shard, published atomically on ``close()``.
 
-    Local: written to ``<shard>.tmp-XXXX`` then renamed. gs://: written to a local temp file, then
+    Local: written to ``<shard>.tmp-<random>`` then renamed. gs://: written to a local temp file, then
     uploaded in one finalized upload. Leaving the ``with`` block on an exception publishes nothing.
     """
 
