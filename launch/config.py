@@ -89,7 +89,7 @@ class RayConfig:
     max_failures: int = helpfield(3, "worker-group restarts before the run fails (-1 = unlimited)")
     use_gpu: str = helpfield("auto", "auto | true | false: one GPU per worker")
     cpus_per_worker: float = helpfield(1.0, "CPUs reserved per training worker")
-    num_cpus: int = helpfield(0, "CPUs for a local Ray started by vla (0 = Ray's default)")
+    num_cpus: int = helpfield(0, "CPUs for a local Ray started by vla (0 = all CPUs)")
     storage_path: str = helpfield("", "Ray Train run storage; empty = <run_dir>/ray")
 
     def __post_init__(self) -> None:

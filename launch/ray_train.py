@@ -17,6 +17,7 @@ from launch._record import record_config
 from launch.config import LaunchConfig, world_size
 from launch.trainer import check_train_overrides, train_overrides
 from pipeline import fs
+from pipeline.ray_utils import connect_ray
 
 __all__ = ["train_loop", "build_trainer", "run_ray"]
 
@@ -54,16 +55,7 @@ def _storage(cfg: LaunchConfig):
 
 def _connect(cfg: LaunchConfig) -> bool:
     """Connect to (or start) Ray; returns True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus or None, include_dashboard=False)
-    return True
+    return connect_ray(cfg.ray.address, cfg.ray.num_cpus or 0, log_to_driver=True)
 
 
 def build_trainer(cfg: LaunchConfig):

@@ -29,7 +29,6 @@ Ray: a local cluster with ``os.cpu_count()`` CPUs by default; an existing cluste
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from pipeline.data.mixtures import Mixture, load_mixture
 from pipeline.data.quarantine import Quarantine, format_quarantine
 from pipeline.data.stats import DEFAULT_SKETCH_K, PartialStats, action_mask
 from pipeline.errors import UserError
+from pipeline.ray_utils import connect_ray
 
 __all__ = ["CurateConfig", "RayConfig", "run_curate", "curate", "DatasetPlan", "plan_dataset"]
 
@@ -164,16 +164,7 @@ def _check_mixture(mixture: Mixture) -> None:
 # ------------------------------------------------------------------------------------ ray
 def _init_ray(cfg: CurateConfig) -> bool:
     """Initialize Ray unless it already is; returns True when this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    address = cfg.ray.address or os.environ.get("RAY_ADDRESS", "")
-    if address:
-        ray.init(address=address, log_to_driver=False)
-    else:
-        ray.init(num_cpus=cfg.ray.num_cpus or os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    return True
+    return connect_ray(cfg.ray.address, cfg.ray.num_cpus)
 
 
 def _max_in_flight(cfg: CurateConfig) -> int:
