@@ -17,6 +17,15 @@ from pipeline.data.oxe.spec import Std, step
 __all__ = ["SPECS"]
 
 
+# sailor and sirius share one observation layout (same lab, same recording setup)
+_AUSTIN_SAILOR_SIRIUS_OBS = {
+    **layout.IMG_WRIST,
+    "state": "Tensor(8,) float32",
+    "state_ee": "Tensor(16,) float32",
+    "state_gripper": "Tensor(1,) float32",
+    "state_joint": "Tensor(7,) float32",
+}
+
 def _first8(obs):
     """state = its first 8 values."""
     return {"state": layout.obs_array(obs)[:, :8]}
@@ -203,13 +212,7 @@ SPECS = (
     layout.spec(
         "austin_sailor_dataset_converted_externally_to_rlds",
         action="Tensor(7,) float32",
-        observation={
-            **layout.IMG_WRIST,
-            "state": "Tensor(8,) float32",
-            "state_ee": "Tensor(16,) float32",
-            "state_gripper": "Tensor(1,) float32",
-            "state_joint": "Tensor(7,) float32",
-        },
+        observation=_AUSTIN_SAILOR_SIRIUS_OBS,
         cameras=c.cams("image", None, "wrist_image"),
         state_keys=("state",),
         state_encoding="POS_QUAT",
@@ -222,13 +225,7 @@ SPECS = (
     layout.spec(
         "austin_sirius_dataset_converted_externally_to_rlds",
         action="Tensor(7,) float32",
-        observation={
-            **layout.IMG_WRIST,
-            "state": "Tensor(8,) float32",
-            "state_ee": "Tensor(16,) float32",
-            "state_gripper": "Tensor(1,) float32",
-            "state_joint": "Tensor(7,) float32",
-        },
+        observation=_AUSTIN_SAILOR_SIRIUS_OBS,
         extra_steps={"action_mode": "Tensor(1,) float32", "intv_label": "Tensor(1,) float32"},
         cameras=c.cams("image", None, "wrist_image"),
         state_keys=("state",),
