@@ -42,11 +42,16 @@ VERBS: dict[str, Verb] = {
     "curate": Verb("pipeline.data.curate:CurateConfig", "pipeline.data.curate:run_curate", "curate a mixture's raw datasets into shuffled TFDS shards + stats (Ray)"),
     "mixture show": Verb("pipeline.data.mixture_report:MixtureShowConfig", "pipeline.data.mixture_report:run_show", "per-dataset weights, frames, shares and passes of a mixture", ("name",)),
     "mixture diff": Verb("pipeline.data.mixture_report:MixtureDiffConfig", "pipeline.data.mixture_report:run_diff", "what changed in weights and shares between two mixtures", ("a", "b")),
+    "dataset register": Verb("pipeline.data.dataset_cli:RegisterConfig", "pipeline.data.dataset_cli:run_register", "register your own RLDS dataset (YAML in dataset_mixtures/registry/), validated on its first episode"),
+    "dataset list": Verb("pipeline.data.dataset_cli:ListConfig", "pipeline.data.dataset_cli:run_list", "built-in and user-registered datasets (blocks=true: action building blocks)"),
+    "dataset show": Verb("pipeline.data.dataset_cli:ShowConfig", "pipeline.data.dataset_cli:run_show", "the resolved registry entry of one dataset", ("name",)),
     "launch": Verb("launch.config:LaunchConfig", "launch.cli:run_launch", "start training on torchrun | slurm | ray | kuberay from one launch config"),
     "doctor": Verb("launch.doctor:DoctorConfig", "launch.doctor:run_doctor", "preflight: collective, devices, storage, curated data, disk for a launch config", ("config",)),
     "train": Verb("pipeline.train.config:TrainConfig", "pipeline.train.main:run_train", "train the VLA with FSDP2 (nproc=N re-launches under torchrun); resumable checkpoints"),
+    "finetune": Verb("pipeline.train.finetune:FinetuneConfig", "pipeline.train.finetune:run_finetune", "LoRA fine-tuning (peft) of an export or checkpoint on new data; FSDP2, resumable, merged export"),
     "export": Verb("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", "consolidate a training checkpoint into HF-format weights + tokenizer + stats"),
     "plot": Verb("pipeline.train.plot:PlotConfig", "pipeline.train.plot:run_plot", "render loss/accuracy curves of a run's metrics.jsonl to PNG"),
+    "serve": Verb("pipeline.serve:ServeConfig", "pipeline.serve:run_serve", "serve an export over HTTP: POST /act (image + instruction -> 7-D action), GET /health"),
 }
 
 
@@ -130,10 +135,13 @@ def run(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.secrets import install, redact
+
+    install()  # credentials never reach logs or tracebacks (pipeline/secrets.py)
     try:
         return run(list(sys.argv[1:] if argv is None else argv))
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(redact(f"error: {e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -123,6 +123,7 @@ def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) ->
 def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     """Check the source of one dataset and derive its keys (no output is written)."""
     from pipeline.data.oxe import STANDARDIZATION_VERSION, get_spec
+    from pipeline.data.oxe.user_registry import entry_hash
     from pipeline.data.rlds import open_builder
 
     spec = get_spec(name)
@@ -142,7 +143,7 @@ def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     fingerprint = {"url": builder.url, "fingerprint": digest,
                    "shards": [{**sz, "episodes": s.num_episodes} for sz, s in zip(sizes, shards)]}
     stats_key = content_hash(digest, STANDARDIZATION_VERSION, dataclasses.asdict(filters), cfg.split,
-                             cfg.fix_known_issues, override.get("cameras", {}), cfg.sketch_k)
+                             cfg.fix_known_issues, override.get("cameras", {}), cfg.sketch_k, *entry_hash(name))
     num_buckets = cfg.num_shards or len(shards)
     run_key = content_hash(stats_key, cfg.seed, num_buckets, __version__)
     cameras = override.get("cameras", {})
@@ -196,12 +197,15 @@ class _Progress:
 
 # ------------------------------------------------------------------------------------ per dataset
 def _map_jobs(plan: DatasetPlan, cfg: CurateConfig) -> list[MapJob]:
+    from pipeline.data.oxe.user_registry import user_entry
+
     parts = fs.join(plan.out_dir, "_parts")
     filters = FilterConfig(**plan.overrides["filters"])
     return [MapJob(dataset=plan.name, shard_url=s.url, shard_index=i, source_features=plan.features, parts=parts,
                    num_buckets=plan.num_buckets, seed=cfg.seed, run_key=plan.run_key, proprio_dim=plan.proprio_dim,
                    filters=filters, cameras=plan.overrides["cameras"], fix_known_issues=cfg.fix_known_issues,
-                   sketch_k=cfg.sketch_k, max_examples=cfg.max_examples, env=driver_env())
+                   sketch_k=cfg.sketch_k, max_examples=cfg.max_examples, env=driver_env(),
+                   spec_entry=user_entry(plan.name) or {})
             for i, s in enumerate(plan.shards)]
 
 
@@ -351,7 +355,8 @@ def _remove_stale_shards(plan: DatasetPlan, written: list[dict]) -> None:
     keep = {w["file"] for w in written}
     for url in fs.listdir(plan.out_dir):
         base = fs.basename(url)
-        if base.startswith(f"{plan.name}-train.tfrecord-") and base not in keep and ".tmp-" not in base:
+        # every task of this dataset is done: a ".tmp-" file is a write cut short by a killed run
+        if (base.startswith(f"{plan.name}-train.tfrecord-") and base not in keep) or ".tmp-" in base:
             fs.remove(url)
 
 
@@ -371,9 +376,25 @@ def _summary(results: list[dict], seconds: float) -> str:
     return "\n".join(lines)
 
 
+def _check_out(out: str) -> None:
+    """UserError before any work when the local output root cannot be created or written."""
+    import os
+
+    if fs.is_remote(out):
+        return
+    path = os.path.abspath(fs.get_fs(out)[1])
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"out={out}: cannot create a directory there ({path} is a file)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"out={out}: {path} is not writable; pick another out")
+
+
 def curate(cfg: CurateConfig) -> list[dict]:
     """Curate every dataset of the mixture; returns per-dataset ``{manifest, quarantine, status}``."""
     mixture = load_mixture(cfg.mixture)
+    _check_out(cfg.out)
     _check_mixture(mixture)
     plans = [plan_dataset(name, mixture, cfg) for name in mixture.active()]  # UserErrors before any work
     todo = [p for p in plans if not _finished(p)]

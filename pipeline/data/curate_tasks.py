@@ -67,7 +67,8 @@ def to_curated(ep: dict) -> dict:
     }
 
 
-FORWARDED_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "GOOGLE_APPLICATION_CREDENTIALS")
+FORWARDED_ENV = ("STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "GOOGLE_APPLICATION_CREDENTIALS",
+                 "VLA_DATASET_REGISTRY")
 
 
 def driver_env() -> dict:
@@ -105,6 +106,7 @@ class MapJob:
     sketch_k: int = DEFAULT_SKETCH_K
     max_examples: int = 5
     env: dict = field(default_factory=dict)  # storage env of the driver (e.g. STORAGE_EMULATOR_HOST)
+    spec_entry: dict = field(default_factory=dict)  # resolved user-registry entry (empty for built-in datasets)
 
 
 def _read_marker(url: str, run_key: str) -> dict | None:
@@ -119,7 +121,12 @@ def _spec(job: MapJob):
 
     from pipeline.data.oxe import get_spec
 
-    spec = get_spec(job.dataset)
+    if job.spec_entry:  # user dataset: the driver resolved it, workers need not see its YAML
+        from pipeline.data.oxe.user_registry import spec_from_entry
+
+        spec = spec_from_entry(job.spec_entry)
+    else:
+        spec = get_spec(job.dataset)
     if job.cameras:
         spec = dataclasses.replace(spec, cameras={**spec.cameras, **job.cameras})
     return spec
@@ -201,10 +208,9 @@ def run_map(job: MapJob) -> dict:
     finally:
         for w in writers.values():
             w.abort()
-    for i in range(read_stats.corrupt):  # the reader's message names the record
-        message = read_stats.errors[i] if i < len(read_stats.errors) else "corrupt record"
-        q.drop("corrupt_record", frames=0, episode_id=f"? ({message[:160]})", source_file=job.shard_url,
-               source_index=-1)
+    for rec in read_stats.records:  # skipped by the reader: reason = its kind, example = file + record index
+        q.drop(rec["kind"], frames=0, episode_id=f"? ({rec['message'][:160]})",
+               source_file=rec["file"] or job.shard_url, source_index=rec["index"])
     fs.write_bytes(fs.join(job.parts, f"src-{job.shard_index:05d}.stats.npz"), stats.to_bytes())
     marker = {"run_key": job.run_key, "shard_index": job.shard_index, "source_file": fs.basename(job.shard_url),
               "buckets": {str(b): keys[b] for b in sorted(keys)}, "quarantine": q.to_json(),

@@ -1,15 +1,22 @@
 """One-call inference from a ``VLA.save_pretrained`` export: image + instruction -> 7-D action.
 
-    policy = load_policy("gs://bucket/run/export")
+    policy = VLAPolicy.from_pretrained("gs://bucket/run/export", quantization="bf16")
     action = policy.predict_action(image_uint8_hwc, "pick up the block", unnorm_key="bridge_orig")
+    actions = policy.predict_actions([img_a, img_b], ["open the drawer", "close it"])   # [2, 7]
 
 Un-normalization (shared/oxe/datasets.yaml, ``normalization.un_normalization_at_inference``):
 masked dims ``0.5 * (a + 1) * (q99 - q01) + q01``; unmasked dims (gripper) are returned as decoded.
+Decoding is greedy over 7 tokens with a KV cache (one prefill of BOS + visual tokens + prompt,
+then one token per step). ``quantization``: see :mod:`pipeline.model.quantize`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import inspect
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,12 +25,21 @@ import torch.nn.functional as F
 
 from pipeline import fs
 from pipeline.errors import UserError
+from pipeline.model.presets import VLAConfig
 from pipeline.model.prompt import ActionPromptBuilder
+from pipeline.model.quantize import (
+    GPU_MODES,
+    check_mode,
+    compute_dtype,
+    default_dtype,
+    quantize_llm_linears_,
+    resolve_device,
+)
 from pipeline.model.text_tokenizer import load_text_tokenizer
 from pipeline.model.tokenizer import ActionTokenizer
-from pipeline.model.vla import VLA
+from pipeline.model.vla import CONFIG_FILE, FORMAT_VERSION, VLA, WEIGHTS_FILE
 
-__all__ = ["VLAPolicy", "load_policy", "unnormalize_action"]
+__all__ = ["VLAPolicy", "greedy_action_ids", "load_policy", "load_vla", "unnormalize_action"]
 
 STATS_FILE = "dataset_statistics.json"
 TRAIN_IMAGE_SIZE = 224  # the stream's pixel_values size (contract: "Training batch")
@@ -39,11 +55,15 @@ def unnormalize_action(action: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
 
 
 def _to_pixel_values(image: Any) -> torch.Tensor:
-    """uint8 HWC (or float CHW in [0,1]) -> float32 [1, 3, 224, 224] in [0, 1]."""
+    """uint8 HWC (numpy / PIL RGB) or float CHW in [0,1] -> float32 [1, 3, 224, 224] in [0, 1]."""
+    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
+        image = np.array(image.convert("RGB"))  # a writable copy
     x = torch.as_tensor(np.asarray(image))
     if x.dtype == torch.uint8:
-        x = x.permute(2, 0, 1).float() / 255.0
-    x = x.float()
+        if x.ndim != 3 or x.shape[-1] != 3:
+            raise ValueError(f"image shape {tuple(x.shape)}: expected uint8 [H,W,3] (RGB)")
+        x = x.permute(2, 0, 1)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     if x.ndim != 3 or x.shape[0] != 3:
         raise ValueError(f"image shape {tuple(x.shape)}: expected uint8 [H,W,3] or float [3,H,W]")
     x = x[None]
@@ -51,6 +71,91 @@ def _to_pixel_values(image: Any) -> torch.Tensor:
         x = F.interpolate(x, size=(TRAIN_IMAGE_SIZE, TRAIN_IMAGE_SIZE), mode="bilinear",
                           align_corners=False, antialias=True)
     return x.clamp(0.0, 1.0)
+
+
+def _cache_arg(llm_model: Any) -> str:
+    """The KV-cache keyword of the HF decoder: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    params = inspect.signature(type(llm_model).forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+@torch.no_grad()
+def greedy_action_ids(model: VLA, pixel_values: torch.Tensor, prompt_ids: torch.Tensor,
+                      action_dim: int = 7) -> torch.Tensor:
+    """Greedy ``action_dim`` tokens after unpadded prompts ``prompt_ids`` [B, L] (one length) with a
+    KV cache: same ids as ``VLA.predict_action_ids``, one prefill + ``action_dim - 1`` 1-token steps."""
+    llm = model.llm
+    head = llm.get_output_embeddings()
+    tok = llm.get_input_embeddings()(prompt_ids)
+    vis = model.embed_images(pixel_values).to(tok.dtype)
+    embeds = torch.cat([tok[:, :1], vis, tok[:, 1:]], dim=1)
+    out = llm.model(inputs_embeds=embeds, use_cache=True)
+    nxt = head(out.last_hidden_state[:, -1]).argmax(dim=-1)
+    ids = [nxt]
+    arg = _cache_arg(llm.model)
+    for _ in range(action_dim - 1):
+        cache = out.get("cache") if out.get("cache") is not None else out.get("past_key_values")
+        out = llm.model(input_ids=nxt[:, None], use_cache=True, **{arg: cache})
+        nxt = head(out.last_hidden_state[:, -1]).argmax(dim=-1)
+        ids.append(nxt)
+    return torch.stack(ids, dim=1)
+
+
+def _local_weights(url: str, tmp: str) -> str:
+    weights = fs.join(url, WEIGHTS_FILE)
+    if not fs.exists(weights):
+        raise UserError(f"{url}: no {WEIGHTS_FILE}; expected a VLA.save_pretrained export")
+    if not fs.is_remote(url):
+        return fs.get_fs(weights)[1]
+    fsys, path = fs.get_fs(weights)
+    local = os.path.join(tmp, WEIGHTS_FILE)
+    fsys.get_file(path, local)
+    return local
+
+
+def _copy_weights(model: VLA, path: str, url: str) -> None:
+    """Stream the safetensors tensors one by one into ``model`` (cast to its dtypes), strictly."""
+    from safetensors import safe_open
+
+    target = model.state_dict()
+    with safe_open(path, framework="pt", device="cpu") as f:
+        keys = set(f.keys())
+        missing, unexpected = sorted(set(target) - keys), sorted(keys - set(target))
+        if missing or unexpected:
+            raise UserError(f"{url}/{WEIGHTS_FILE}: does not match its {CONFIG_FILE} "
+                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        with torch.no_grad():
+            for name, dst in target.items():
+                src = f.get_tensor(name)
+                if tuple(src.shape) != tuple(dst.shape):
+                    raise UserError(f"{url}/{WEIGHTS_FILE}: {name} has shape {tuple(src.shape)}, "
+                                    f"its {CONFIG_FILE} gives {tuple(dst.shape)}")
+                dst.copy_(src)
+
+
+def load_vla(url: str, *, quantization: str = "auto", device: str | torch.device = "auto") -> tuple[VLA, str]:
+    """The export's model in inference form: ``(model, mode)``. bf16/fp32 are built directly on
+    ``device`` in their dtype; int8/int4 are built in bf16 on the CPU, their LLM decoder Linear
+    layers quantized onto the GPU one by one, then the rest moved over (peak GPU ~ final size)."""
+    dev = resolve_device(device)
+    mode = check_mode(quantization, dev)
+    cfg_url = fs.join(url, CONFIG_FILE)
+    if not fs.exists(cfg_url):
+        raise UserError(f"{url}: no {CONFIG_FILE}; expected a VLA.save_pretrained export (vla export)")
+    meta = fs.read_json(cfg_url)
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise UserError(f"{cfg_url}: format_version={meta.get('format_version')}, this code reads {FORMAT_VERSION}")
+    dtype = compute_dtype(mode)
+    build_on = torch.device("cpu") if mode in GPU_MODES else dev
+    with default_dtype(dtype), build_on:
+        model = VLA(VLAConfig.from_dict(meta["vla_config"]))
+    with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
+        _copy_weights(model, _local_weights(url, tmp), url)
+    model = model.to(dtype).eval().requires_grad_(False)
+    if mode in GPU_MODES:
+        quantize_llm_linears_(model, mode, dev)
+        model = model.to(dev)
+    return model, mode
 
 
 @dataclass
@@ -62,32 +167,81 @@ class VLAPolicy:
     action_tokenizer: ActionTokenizer
     prompt_builder: ActionPromptBuilder
     norm_stats: dict[str, Any]
+    quantization: str = "fp32"
+    source: str = ""
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @classmethod
+    def from_pretrained(cls, url: str, *, quantization: str = "auto",
+                        device: str | torch.device = "auto") -> VLAPolicy:
+        """Load an export dir (local or gs://): model + tokenizer + ``dataset_statistics.json``.
+
+        ``quantization``: "fp32" | "bf16" | "int8" | "int4" | "auto" (bf16 on a GPU, fp32 on CPU);
+        int8/int4 need a CUDA GPU and bitsandbytes (UserError otherwise). ``device``: "auto" | "cpu"
+        | "cuda[:N]"."""
+        model, mode = load_vla(url, quantization=quantization, device=device)
+        tok = load_text_tokenizer(url)
+        at = ActionTokenizer(base_vocab_size=int(tok.vocab_size))
+        stats_url = fs.join(url, STATS_FILE)
+        stats = fs.read_json(stats_url) if fs.exists(stats_url) else {}
+        dev = next(model.llm.get_input_embeddings().parameters()).device
+        return cls(model, tok, at, ActionPromptBuilder(tok, at), stats, mode, url, dev)
+
+    @property
+    def unnorm_keys(self) -> list[str]:
+        """Datasets whose statistics the export carries (valid ``unnorm_key`` values)."""
+        return sorted(self.norm_stats)
+
+    def resolve_unnorm_key(self, unnorm_key: str | None) -> str | None:
+        """``unnorm_key`` checked against the statistics; None -> the only dataset (None when the
+        export has no statistics: actions stay normalized). UserError listing the valid keys."""
+        if unnorm_key is None:
+            if len(self.norm_stats) <= 1:
+                return next(iter(self.norm_stats), None)
+            raise UserError(f"unnorm_key: this model was trained on {len(self.norm_stats)} datasets; "
+                            f"pass one of {self.unnorm_keys}")
+        if unnorm_key not in self.norm_stats:
+            raise UserError(f"unnorm_key={unnorm_key!r}: not in {STATS_FILE}; expected one of {self.unnorm_keys}")
+        return unnorm_key
 
     @torch.no_grad()
+    def predict_action_ids(self, images: Sequence[Any], instructions: Sequence[str], *,
+                           action_dim: int = 7) -> np.ndarray:
+        """int64 [B, action_dim] greedy action token ids. Frames whose prompts have the same token
+        length run as one batch (no padding, so results equal one-by-one calls)."""
+        if len(images) != len(instructions):
+            raise ValueError(f"predict_actions: {len(images)} images but {len(instructions)} instructions")
+        vis_dtype = next(self.model.vision.parameters()).dtype
+        prompts = [self.prompt_builder.prompt_ids(str(s)) for s in instructions]
+        groups: dict[int, list[int]] = {}
+        for i, p in enumerate(prompts):
+            groups.setdefault(len(p), []).append(i)
+        out = np.zeros((len(prompts), action_dim), dtype=np.int64)
+        for idx in groups.values():
+            pixels = torch.cat([_to_pixel_values(images[i]) for i in idx]).to(self.device, vis_dtype)
+            ids = torch.tensor([prompts[i] for i in idx], device=self.device)
+            out[idx] = greedy_action_ids(self.model, pixels, ids, action_dim).cpu().numpy()
+        return out
+
+    def predict_actions(self, images: Sequence[Any], instructions: Sequence[str] | str, *,
+                        unnorm_key: str | None = None, action_dim: int = 7) -> np.ndarray:
+        """Batched :meth:`predict_action`: float32 [B, action_dim]; ``instructions`` may be one
+        string for all images."""
+        if isinstance(instructions, str):
+            instructions = [instructions] * len(images)
+        key = self.resolve_unnorm_key(unnorm_key)
+        actions = self.action_tokenizer.decode(self.predict_action_ids(images, instructions, action_dim=action_dim))
+        if key is None:
+            return actions.astype(np.float32)
+        return unnormalize_action(actions, self.norm_stats[key]["action"])
+
     def predict_action(self, image: Any, instruction: str, *, unnorm_key: str | None = None,
                        action_dim: int = 7) -> np.ndarray:
-        """Greedy action for one frame: float32 [action_dim]; normalized unless ``unnorm_key``
-        names a dataset in ``norm_stats`` (one dataset in the stats is used automatically)."""
-        device = next(self.model.parameters()).device
-        pixels = _to_pixel_values(image).to(device)
-        prompt = torch.tensor([self.prompt_builder.prompt_ids(instruction)], device=device)
-        ids = self.model.predict_action_ids(pixels, prompt, action_dim=action_dim)[0].cpu().numpy()
-        action = self.action_tokenizer.decode(ids)
-        key = unnorm_key
-        if key is None and len(self.norm_stats) == 1:
-            key = next(iter(self.norm_stats))
-        if key is None:
-            return action
-        if key not in self.norm_stats:
-            raise UserError(f"unnorm_key={key!r}: not in {STATS_FILE}; expected one of {sorted(self.norm_stats)}")
-        return unnormalize_action(action, self.norm_stats[key]["action"])
+        """Greedy action for one frame: float32 [action_dim], un-normalized with the statistics of
+        dataset ``unnorm_key`` (None: the only dataset; normalized when the export has no stats)."""
+        return self.predict_actions([image], [instruction], unnorm_key=unnorm_key, action_dim=action_dim)[0]
 
 
-def load_policy(url: str, *, device: str | torch.device = "cpu") -> VLAPolicy:
-    """Load model + tokenizer (+ ``dataset_statistics.json`` when present) from one export dir."""
-    model = VLA.from_pretrained(url, device=device).eval()
-    tok = load_text_tokenizer(url)
-    at = ActionTokenizer(base_vocab_size=int(tok.vocab_size))
-    stats_url = fs.join(url, STATS_FILE)
-    stats = fs.read_json(stats_url) if fs.exists(stats_url) else {}
-    return VLAPolicy(model, tok, at, ActionPromptBuilder(tok, at), stats)
+def load_policy(url: str, *, device: str | torch.device = "cpu", quantization: str = "fp32") -> VLAPolicy:
+    """Backward-compatible loader: ``VLAPolicy.from_pretrained`` (fp32 on the CPU by default)."""
+    return VLAPolicy.from_pretrained(url, quantization=quantization, device=device)

@@ -19,7 +19,8 @@ from pipeline import fs
 from pipeline.config import MISSING, helpfield
 from pipeline.errors import UserError
 
-__all__ = ["ExportConfig", "run_export", "export_checkpoint", "load_exported", "resolve_checkpoint"]
+__all__ = ["ExportConfig", "run_export", "export_checkpoint", "load_exported", "resolve_checkpoint",
+           "load_checkpoint_model"]
 
 
 @dataclass(kw_only=True)
@@ -52,15 +53,19 @@ def _load_model(local: str, url: str) -> Any:
 
     from pipeline.model import VLAConfig, build_vla
     from pipeline.train.checkpoint import ModelOptimState, check_shapes
+    from pipeline.train.lora import LORA_FILE, apply_lora_spec, merge_lora
 
     try:
         cfg = VLAConfig.from_dict(fs.read_json(os.path.join(local, "model_config.json")))
     except (FileNotFoundError, ValueError) as e:
         raise UserError(f"checkpoint {url}: unreadable model_config.json ({str(e).splitlines()[0]})") from e
     model = build_vla(cfg)
+    lora = os.path.join(local, LORA_FILE)
+    if os.path.exists(lora):  # a `vla finetune` checkpoint: same adapters, load, then merge into the weights
+        apply_lora_spec(model, fs.read_json(lora))
     check_shapes(local, model, url)
     dcp.load({"app": ModelOptimState(model, None)}, storage_reader=dcp.FileSystemReader(local), no_dist=True)
-    return model.eval()
+    return merge_lora(model).eval() if os.path.exists(lora) else model.eval()
 
 
 def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False) -> str:
@@ -87,6 +92,19 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False) -> 
         if tmp:
             shutil.rmtree(local, ignore_errors=True)
     return url
+
+
+def load_checkpoint_model(checkpoint: str) -> Any:
+    """The plain VLA of a committed checkpoint (step dir, checkpoints root or run dir); LoRA merged."""
+    from pipeline.train.checkpoint import download_dir
+
+    url = resolve_checkpoint(checkpoint)
+    local, tmp = (download_dir(url), True) if fs.is_remote(url) else (fs.get_fs(url)[1], False)
+    try:
+        return _load_model(local, url)
+    finally:
+        if tmp:
+            shutil.rmtree(local, ignore_errors=True)
 
 
 def load_exported(url: str, *, device: str = "cpu") -> tuple[Any, Any, dict]:

@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
-__all__ = ["train", "run_train", "main", "validate", "under_torchrun"]
+__all__ = ["train", "run_train", "main", "validate", "under_torchrun", "TrainHooks"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -45,6 +45,9 @@ def under_torchrun() -> bool:
 def validate(cfg: TrainConfig, world_size: int) -> int:
     """Check user input before anything is written; returns the grad-accumulation steps."""
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
+    for key, url in (("run_dir", cfg.run_dir), ("checkpoint.dir", cfg.checkpoint_root), ("data.data_root",
+                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume)):
+        _check_location(key, url)
     if cfg.data.source == "stream":
         _check_data(cfg)
     ParallelDims(world_size=world_size, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size)  # checks only
@@ -58,6 +61,44 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
         if latest:
             check_model_compatible(latest, cfg.model)
     return accum
+
+
+def _check_location(key: str, url: str) -> None:
+    """Fast, one-line failures for a URL that cannot work: unknown scheme, storage host that does not
+    answer (checked with one TCP connect, before the storage client's long retries), or a local
+    directory that cannot be created (a file on the path, no write permission)."""
+    import socket
+    from urllib.parse import urlparse
+
+    import fsspec
+
+    if url in ("", "auto", "none"):
+        return
+    if fs.is_remote(url):
+        scheme = url.split("://", 1)[0]
+        try:
+            fsspec.get_filesystem_class(scheme)
+        except (ValueError, ImportError):
+            raise UserError(f"{key}={url}: unsupported storage scheme '{scheme}://' (use a local path or gs://)") from None
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
+        proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy"))
+        if scheme in ("gs", "gcs") and (emulator or not proxied):
+            host = urlparse(emulator or "https://storage.googleapis.com")
+            port = host.port or (443 if host.scheme == "https" else 80)
+            try:
+                socket.create_connection((host.hostname, port), timeout=5).close()
+            except OSError as e:
+                raise UserError(f"{key}={url}: storage not reachable (cannot connect to {host.hostname}:{port}: "
+                                f"{e.strerror or type(e).__name__})") from None
+        return
+    if key in ("run_dir", "checkpoint.dir"):
+        path = os.path.abspath(fs.get_fs(url)[1])
+        while not os.path.exists(path):
+            path = os.path.dirname(path)
+        if not os.path.isdir(path):
+            raise UserError(f"{key}={url}: cannot create a directory there ({path} is a file)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise UserError(f"{key}={url}: {path} is not writable; pick another {key}")
 
 
 def _check_data(cfg: TrainConfig) -> None:
@@ -220,7 +261,25 @@ def _resume_url(cfg: TrainConfig, rank: int) -> str | None:
 
 
 # -- train ----------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig) -> dict:
+class TrainHooks:
+    """The steps of ``train`` that a variant replaces (LoRA fine-tuning: pipeline.train.finetune)."""
+
+    def tokenizer(self, cfg: TrainConfig) -> Any:
+        return build_tokenizer(cfg)
+
+    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
+        return build_model(cfg, tokenizer, device, mesh)
+
+    def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
+        """Extra files saved with every checkpoint."""
+        return {}
+
+    def summary(self, model: Any) -> dict:
+        """Extra keys of the run summary."""
+        return {}
+
+
+def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
     """Train as one rank of the current (or a new) process group; returns the run summary."""
     import torch
     import torch.distributed as dist
@@ -234,18 +293,18 @@ def train(cfg: TrainConfig) -> dict:
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        return _train(cfg, device, accum)
+        return _train(cfg, device, accum, hooks or TrainHooks())
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
+def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks) -> dict:
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
     from pipeline.train.loop import Loop, SignalWatch, TrainState, run_loop, stream_epoch
-    from pipeline.train.metrics import MetricsLogger, MovingAverage, StepStats, peak_flops
+    from pipeline.train.metrics import MetricsLogger, MovingAverage, SampleLog, StepStats, peak_flops
     from pipeline.train.optim import build_optimizer, build_scheduler
     from pipeline.train.parallel import ParallelDims, rank_and_world
 
@@ -254,9 +313,9 @@ def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
     _seed_everything(cfg.seed, cfg.deterministic and device.type == "cpu")
     dims = ParallelDims(world_size=world, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size,
                         device_type=device.type)
-    tokenizer = build_tokenizer(cfg)
+    tokenizer = hooks.tokenizer(cfg)
     builder = ActionPromptBuilder(tokenizer)
-    model = build_model(cfg, tokenizer, device, dims.mesh)
+    model = hooks.model(cfg, tokenizer, device, dims.mesh)
     image_size = model.config.image_size
     stream = build_stream(cfg, prompt_builder=builder, pad_id=tokenizer.pad_token_id, rank=rank, world=world,
                           image_size=image_size)
@@ -265,9 +324,13 @@ def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
     state = TrainState(build_scheduler(optimizer, cfg.optim, cfg.stop.max_steps), MovingAverage(cfg.stop.window))
     files = {"config.yaml": to_yaml(cfg), "model_config.json": json.dumps(model.config.to_dict(), indent=2),
              "dataset_statistics.json": json.dumps(dataset_statistics(cfg, names), indent=2),
-             **_tokenizer_files(tokenizer)}
+             **_tokenizer_files(tokenizer), **hooks.files(cfg, model)}
     ckpt = CheckpointManager(cfg.checkpoint, root=cfg.checkpoint_root, files=files,
                              states={"app": ModelOptimState(model, optimizer), "train": state, "data": stream})
+    if cfg.debug.save_fault_step >= 0 and rank == cfg.debug.crash_rank:
+        from pipeline.train.loop import install_save_fault
+
+        install_save_fault(ckpt, cfg.debug, run_dir=cfg.run_dir)
     if rank == 0:
         fs.makedirs(cfg.run_dir)
         fs.write_text(fs.join(cfg.run_dir, "config.yaml"), files["config.yaml"])
@@ -284,7 +347,7 @@ def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
                 stop_accuracy=cfg.stop.accuracy, max_steps=cfg.stop.max_steps, max_epochs=cfg.stop.max_epochs,
                 crash_at_step=cfg.debug.crash_at_step, crash_rank=cfg.debug.crash_rank,
                 term_at_step=cfg.debug.term_at_step, run_dir=cfg.run_dir,
-                signals=SignalWatch().install())
+                signals=SignalWatch().install(), sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None)
     log.info("training: world=%d mesh=%s accum=%d global_batch=%d resume=%s", world, dims.mesh.shape, accum,
              accum * world * cfg.per_device_batch, resume or "-")
     try:
@@ -292,9 +355,12 @@ def _train(cfg: TrainConfig, device: Any, accum: int) -> dict:
     finally:
         loop.signals.restore()
         logger.close()
+        if loop.sample_log is not None:
+            loop.sample_log.close()
         ckpt.close()
         stream.close()
-    summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params())
+    summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params(),
+                   **hooks.summary(model))
     if rank == 0:
         fs.write_json(fs.join(cfg.run_dir, "summary.json"), summary)
     return summary
@@ -311,13 +377,14 @@ def run_train(cfg: TrainConfig) -> int:
     return launch_torchrun(cfg)
 
 
-def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None) -> int:
+def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None,
+                    module: str = "pipeline.train.main") -> int:
     """Run ``cfg`` on ``cfg.nproc`` local ranks via torchrun; prints the summary; returns the exit code."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="vla-train-", delete=False) as f:
-        f.write(to_yaml(cfg))
+        f.write(to_yaml(cfg, redact=False))  # the ranks need the real values (file removed after)
         config_path = f.name
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(cfg.nproc),
-           "-m", "pipeline.train.main", "--config", config_path]
+           "-m", module, "--config", config_path]
     env = dict(os.environ, **(extra_env or {}))
     env.setdefault("OMP_NUM_THREADS", "1")
     try:
@@ -333,7 +400,9 @@ def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None) -
 def main(argv: list[str] | None = None) -> int:
     """One rank under torchrun: ``[--config FILE] [key=value ...]`` like ``vla train``."""
     from pipeline.config import load_config
+    from pipeline.secrets import install, redact
 
+    install()  # like pipeline.cli.main: credentials never reach logs or tracebacks
     args = list(sys.argv[1:] if argv is None else argv)
     config_file = None
     if "--config" in args:
@@ -344,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(TrainConfig, args, config_file)
         train(cfg)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(redact(f"error: {e}"), file=sys.stderr)
         return 2
     return 0
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
-from pipeline.data.oxe import datasets_brief, datasets_external, datasets_google, datasets_other
+from pipeline.data.oxe import (
+    datasets_brief,
+    datasets_external,
+    datasets_google,
+    datasets_other,
+    user_registry,
+)
 from pipeline.data.oxe.spec import REGISTRY, DatasetSpec, register, resolve
+from pipeline.errors import UserError
 
 __all__ = ["MAGIC_SOUP_PLUS", "get_spec", "list_datasets"]
 
@@ -49,13 +56,32 @@ def _load() -> None:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    """The registry entry for ``name`` (or an alias); UserError with close-name suggestions if unknown."""
-    return resolve(name)
+    """The registry entry for ``name`` (or an alias); UserError with close-name suggestions if unknown.
+
+    Built-in names first; otherwise a user entry (``pipeline.data.oxe.user_registry``)."""
+    try:
+        return resolve(name)
+    except UserError:
+        spec = user_registry.user_spec(name)
+        if spec is not None:
+            return spec
+        close = user_registry.close_user_names(name)
+        if close:
+            raise UserError(f"unknown dataset {name!r}; did you mean {', '.join(map(repr, close))}? "
+                            "(see `vla dataset list`)") from None
+        raise
 
 
-def list_datasets(mixture_only: bool = False) -> list[str]:
-    """Registered dataset names (aliases excluded); ``mixture_only``: the 27 of oxe_magic_soup_plus."""
-    return list(MAGIC_SOUP_PLUS) if mixture_only else sorted(REGISTRY)
+def list_datasets(mixture_only: bool = False, *, user: bool = True) -> list[str]:
+    """Registered dataset names (aliases excluded): built-in plus user entries (``user=False``: built-in
+    only); ``mixture_only``: the 27 of oxe_magic_soup_plus."""
+    if mixture_only:
+        return list(MAGIC_SOUP_PLUS)
+    return sorted({*REGISTRY, *(user_registry.user_datasets() if user else ())} - set(_builtin_aliases()))
+
+
+def _builtin_aliases() -> list[str]:
+    return [a for spec in REGISTRY.values() for a in spec.aliases]
 
 
 _load()

@@ -1,0 +1,237 @@
+"""``vla finetune``: LoRA fine-tuning of a trained VLA on new data (``peft``), with the pretraining loop.
+
+    vla finetune base=<export dir | checkpoint> data.data_root=<curated> data.mixture=<yaml> \\
+        lora.rank=32 [nproc=N] [run_dir=runs/finetune]
+
+``base`` is a ``vla export`` / ``VLA.save_pretrained`` dir (config.json + model.safetensors +
+tokenizer) or a training checkpoint (a ``step_*`` dir with COMMIT, a checkpoints root or a run dir:
+the latest committed one; a LoRA checkpoint is merged first). The model architecture and the text
+tokenizer come from the base; ``model.*`` and ``data.tokenizer`` are ignored.
+
+Everything else is ``vla train``: :func:`pipeline.train.main.train` runs with :class:`FinetuneHooks`
+(load the base, inject LoRA adapters, freeze the rest, then AC + FSDP2 as in pretraining), so
+metrics, the stop rule, checkpoints (DCP model incl. frozen weights + optimizer of the adapters
+only, ``lora_config.json``), ``resume=auto`` (bit-identical on CPU) and ``nproc=N`` (torchrun
+re-launch) behave the same. The dataset statistics saved with checkpoints and exports are those
+of the fine-tuning data, so ``predict_action(unnorm_key=<new dataset>)`` works on the export.
+At the end (``lora.merge_on_export``) the adapters are merged into the weights and exported to
+``export_dir`` (default ``<run_dir>/export``) in the ``vla export`` format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline import fs
+from pipeline.config import MISSING, helpfield
+from pipeline.errors import UserError
+from pipeline.train.config import DataConfig, TrainConfig
+from pipeline.train.lora import LoRAConfig
+from pipeline.train.main import TrainHooks
+from pipeline.train.optim import OptimConfig
+
+__all__ = ["FinetuneConfig", "FinetuneHooks", "BaseModel", "resolve_base", "finetune", "run_finetune", "main"]
+
+log = logging.getLogger("pipeline.train")
+
+
+@dataclass(kw_only=True)
+class FinetuneConfig(TrainConfig):
+    """``TrainConfig`` + the base model + the LoRA adapters (OpenVLA LoRA defaults: lr 5e-4, rank 32)."""
+
+    base: str = helpfield(MISSING, "base model: a `vla export` dir or a training checkpoint (step dir / run dir)")
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    export_dir: str = helpfield("", "merged export written at the end (empty: <run_dir>/export)")
+    run_dir: str = helpfield("runs/finetune", "metrics, TensorBoard, checkpoints (local dir)")
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
+    data: DataConfig = field(default_factory=lambda: DataConfig(augment=True))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.base != MISSING and not str(self.base).strip():
+            raise UserError("base='': expected a `vla export` dir or a training checkpoint URL")
+
+    @property
+    def merged_export_dir(self) -> str:
+        return self.export_dir or fs.join(self.run_dir, "export")
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A resolved ``base``: ``kind`` export | checkpoint, its URL, model config and tokenizer dir."""
+
+    kind: str
+    url: str
+    model_config: dict
+    tokenizer_url: str
+
+
+def resolve_base(url: str) -> BaseModel:
+    """Which kind of base ``url`` is (checks only; nothing is loaded but small JSON files)."""
+    from pipeline.model.vla import CONFIG_FILE, WEIGHTS_FILE
+    from pipeline.train.export import resolve_checkpoint
+
+    try:
+        is_export = fs.exists(fs.join(url, CONFIG_FILE)) and fs.exists(fs.join(url, WEIGHTS_FILE))
+    except Exception as e:  # noqa: BLE001 - unreachable storage, bad URL
+        raise UserError(f"base={url}: storage not reachable ({type(e).__name__})") from e
+    if is_export:
+        cfg = fs.read_json(fs.join(url, CONFIG_FILE)).get("vla_config")
+        if not isinstance(cfg, dict):
+            raise UserError(f"base={url}: {CONFIG_FILE} has no vla_config (not written by VLA.save_pretrained)")
+        return BaseModel("export", url, cfg, url)
+    try:
+        step = resolve_checkpoint(url)
+    except UserError:
+        raise UserError(f"base={url}: neither a `vla export` dir ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a "
+                        "training checkpoint (step_* dir with COMMIT, checkpoints root or run dir)") from None
+    return BaseModel("checkpoint", step, fs.read_json(fs.join(step, "model_config.json")),
+                     fs.join(step, "tokenizer"))
+
+
+def _load_base(base: BaseModel, device: Any) -> Any:
+    from pipeline.model import VLA
+    from pipeline.train.export import load_checkpoint_model
+
+    if base.kind == "export":
+        return VLA.from_pretrained(base.url, device=device)
+    return load_checkpoint_model(base.url).to(device)
+
+
+class FinetuneHooks(TrainHooks):
+    """Tokenizer and model from the base; LoRA adapters injected before FSDP2."""
+
+    def __init__(self, cfg: FinetuneConfig, base: BaseModel) -> None:
+        self.cfg = cfg
+        self.base = base
+        self.spec: dict = {}
+        self.counts: dict = {}
+
+    def tokenizer(self, cfg: TrainConfig) -> Any:
+        from pipeline.model import load_text_tokenizer
+
+        return load_text_tokenizer(self.base.tokenizer_url)
+
+    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
+        import torch
+
+        from pipeline.train.lora import apply_lora, trainable_summary
+        from pipeline.train.parallel import (
+            apply_activation_checkpointing,
+            apply_fsdp,
+            rank_and_world,
+            resolve_dtype,
+        )
+
+        model = _load_base(self.base, device)
+        if model.vocab_size != model.config.padded_vocab_size(len(tokenizer)):
+            raise UserError(f"base={self.base.url}: tokenizer has {len(tokenizer)} tokens but the model "
+                            f"{model.vocab_size} rows (tokenizer and weights from different runs?)")
+        torch.manual_seed(cfg.seed)  # the LoRA init: identical on every rank and on resume
+        model, self.spec = apply_lora(model, self.cfg.lora)
+        self.counts = trainable_summary(model)
+        if rank_and_world()[0] == 0:
+            line = (f"trainable parameters: {self.counts['trainable_params']:,} of {self.counts['total_params']:,} "
+                    f"({100 * self.counts['trainable_fraction']:.2f}%), LoRA rank {self.spec['rank']} "
+                    f"alpha {self.spec['alpha']:g} on {len(self.spec['targets'])} layers")
+            print(line, flush=True)
+            log.info(line)
+        units = model.fsdp_units()
+        apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
+        return apply_fsdp(model, mesh, units=units,
+                          param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
+                          reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"),
+                          reshard_after_forward=cfg.fsdp.reshard_after_forward)
+
+    def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
+        from pipeline.train.lora import LORA_FILE
+
+        return {LORA_FILE: json.dumps(self.spec, indent=2),
+                "base.json": json.dumps({"kind": self.base.kind, "url": self.base.url}, indent=2)}
+
+    def summary(self, model: Any) -> dict:
+        return {**self.counts, "base": self.base.url, "lora_rank": self.spec.get("rank")}
+
+
+def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, BaseModel]:
+    """Resolve ``base`` and take its model config (the run's ``model`` section)."""
+    from pipeline.model import VLAConfig
+
+    if cfg.base == MISSING:
+        raise UserError("base: required (a `vla export` dir or a training checkpoint URL)")
+    base = resolve_base(cfg.base)
+    try:
+        model_cfg = VLAConfig.from_dict(base.model_config)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"base={cfg.base}: unreadable model config ({str(e).splitlines()[0]})") from e
+    return dataclasses.replace(cfg, model=model_cfg), base
+
+
+def finetune(cfg: FinetuneConfig) -> dict:
+    """Fine-tune as one rank of the current (or a new) process group; returns the run summary."""
+    from pipeline.train.main import train
+
+    cfg, base = prepare(cfg)
+    return train(cfg, FinetuneHooks(cfg, base))
+
+
+def export_merged(cfg: FinetuneConfig, summary: dict) -> str | None:
+    """Merge the adapters of the run's last checkpoint and export them (``vla export`` format)."""
+    from pipeline.train.export import export_checkpoint
+
+    last = summary.get("last_checkpoint")
+    if not cfg.lora.merge_on_export or not last:
+        return None
+    export_checkpoint(last, cfg.merged_export_dir, overwrite=True)
+    return cfg.merged_export_dir
+
+
+def run_finetune(cfg: FinetuneConfig) -> int:
+    """``vla finetune``: in-process for nproc=1 (or under torchrun), else re-launch under torchrun."""
+    from pipeline.train.main import launch_torchrun, under_torchrun, validate
+
+    cfg, base = prepare(cfg)
+    if cfg.nproc == 1 or under_torchrun():
+        from pipeline.train.main import train
+
+        summary = train(cfg, FinetuneHooks(cfg, base))
+        print(json.dumps(summary))
+    else:
+        validate(cfg, cfg.nproc)
+        code = launch_torchrun(cfg, module="pipeline.train.finetune")
+        if code != 0:
+            return code
+        summary = fs.read_json(fs.join(cfg.run_dir, "summary.json"))
+    if int(os.environ.get("RANK", "0")) == 0:
+        out = export_merged(cfg, summary)
+        if out:
+            print(f"merged LoRA export: {out}", flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank under torchrun: ``[--config FILE] [key=value ...]`` like ``vla finetune``."""
+    from pipeline.config import load_config
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    config_file = None
+    if "--config" in args:
+        i = args.index("--config")
+        config_file = args[i + 1]
+        del args[i:i + 2]
+    try:
+        finetune(load_config(FinetuneConfig, args, config_file))
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
