@@ -36,6 +36,9 @@ test: install
 lint: install
 	$(BIN)/ruff check pipeline launch tests
 
+faults: install
+	$(BIN)/python -m pipeline.faults $(FAULTS_ARGS)
+
 bench-curate: install
 	$(BIN)/python -m pipeline.bench.curate
 
@@ -44,6 +47,9 @@ bench-stream: install
 
 bench-train: install
 	$(BIN)/python -m pipeline.bench.train
+
+bench-infer: install
+	$(BIN)/python -m pipeline.bench.infer
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache runs

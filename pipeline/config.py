@@ -151,5 +151,11 @@ def to_dict(cfg: Any) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)  # type: ignore[return-value]
 
 
-def to_yaml(cfg: Any) -> str:
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+def to_yaml(cfg: Any, *, redact: bool = True) -> str:
+    """The config as YAML; credentials in values are masked (pipeline.secrets) unless ``redact=False``."""
+    text = OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    if redact:
+        from pipeline.secrets import redact as _redact
+
+        text = _redact(text)
+    return text

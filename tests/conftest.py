@@ -3,67 +3,12 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.request
 import uuid
 
 import pytest
 
 import pipeline  # noqa: F401  (sets env defaults before gcsfs is imported)
-
-BUCKET = "test-bucket"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _emulator_bin() -> str:
-    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    return exe if os.path.exists(exe) else "gcp-storage-emulator"
-
-
-class GcsEmulator:
-    """A gcp-storage-emulator process on 127.0.0.1; can be stopped and restarted (fault tests)."""
-
-    def __init__(self) -> None:
-        self.port = _free_port()
-        self.data_dir = tempfile.mkdtemp(prefix="gcs-emu-")
-        self.host = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        cmd = [_emulator_bin(), "-d", self.data_dir, "start", "--host", "127.0.0.1",
-               "--port", str(self.port), "--default-bucket", BUCKET]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                urllib.request.urlopen(f"{self.host}/storage/v1/b", timeout=1)
-                return
-            except Exception:
-                time.sleep(0.2)
-        raise RuntimeError("GCS emulator did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-            self.proc = None
-
-    def close(self) -> None:
-        self.stop()
-        shutil.rmtree(self.data_dir, ignore_errors=True)
+from pipeline.faults.emulator import BUCKET, GcsEmulator
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,9 @@ undecodable images. Registry filters (``spec.episode_filters`` on the raw episod
 :func:`apply_frame_filter`.
 
 Reasons: ``nan_inf``, ``too_short``, ``action_magnitude``, ``empty_instruction``,
-``undecodable_image``, ``invalid_schema``, ``standardize_error``, ``corrupt_record``, plus the
+``undecodable_image``, ``invalid_schema``, ``standardize_error``, ``corrupt_record`` (CRC mismatch,
+truncation), ``missing_feature`` / ``invalid_record`` (a record without a declared feature or not
+matching its shape; examples name file and record index), plus the
 registry's own names (e.g. ``kuka_success``) and ``<frame filter>_all_frames`` when a frame filter
 drops every step.
 """

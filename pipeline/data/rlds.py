@@ -12,7 +12,8 @@ API (stable; other modules code against it)::
                   stats=None) -> Iterator[dict]          # "Raw episode" contract (contracts.md)
         features: spec tree or type-string tree; skip_keys: flat paths or prefixes
         ("steps/observation/image_wrist", "episode_metadata") left out of the output;
-        on_corrupt="skip": corrupt records are counted in ``stats`` and logged, reading goes on.
+        on_corrupt="skip": corrupt records (and records missing a declared feature or not matching
+        its shape) are counted in ``stats`` (``.records``: file, index, kind) and logged; reading goes on.
     iter_dataset(url, split="train", *, num_workers=4, shard_indices=None, skip_keys=(),
                  on_corrupt="raise", prefetch=8, stats=None) -> Iterator[dict]
         shards read in parallel threads; output order = shard order, then record order.
@@ -178,14 +179,18 @@ class ReadStats:
     episodes: int = 0
     corrupt: int = 0
     errors: list[str] = field(default_factory=list)
+    # one {"file", "index", "kind", "message"} per skipped record; kind: corrupt_record (CRC,
+    # truncation, not an Example) | missing_feature | invalid_record (does not match the features)
+    records: list[dict] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()  # not a dataclass field: asdict()/copy stay plain
 
-    def add_corrupt(self, message: str) -> None:
+    def add_corrupt(self, message: str, *, file: str = "", index: int = -1, kind: str = "corrupt_record") -> None:
         with self._lock:
             self.corrupt += 1
             self.errors.append(message)
+            self.records.append({"file": file, "index": int(index), "kind": kind, "message": message})
 
     def add_episode(self) -> None:
         with self._lock:
@@ -326,8 +331,8 @@ def read_episodes(
     skipped = {k for k in flatten_spec(as_spec_tree(features))} - {p.key for p in plans}
     stats = stats if stats is not None else ReadStats()
 
-    def on_error(err: CorruptRecordError) -> None:
-        stats.add_corrupt(str(err))
+    def on_error(err: CorruptRecordError, kind: str = "corrupt_record") -> None:
+        stats.add_corrupt(str(err), file=err.file, index=err.index, kind=kind)
         log.warning("skipping corrupt record: %s", err)
 
     for index, data in read_indexed_records(shard_url, on_error=on_error if on_corrupt == "skip" else None):
@@ -340,7 +345,14 @@ def read_episodes(
                 raise err from e
             on_error(err)
             continue
-        episode = _decode_episode(plans, ex, where, dataset)
+        try:
+            episode = _decode_episode(plans, ex, where, dataset)
+        except (UserError, ValueError) as e:  # a record that does not match the features spec
+            if on_corrupt == "raise":
+                raise
+            kind = "missing_feature" if "missing from" in str(e) else "invalid_record"
+            on_error(CorruptRecordError(shard_url, index, str(e).replace(f"{where}", "this record")), kind)
+            continue
         episode["_source"] = {"file": shard_url, "index": index}
         stats.add_episode()
         yield episode

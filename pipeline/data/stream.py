@@ -29,7 +29,10 @@ FAILURES: an episode that fails to read (CRC mismatch, malformed record) is coun
 by the previous good sample of the same batch (the next one for the first), counted in
 ``stats["replaced_samples"]``; a batch with no readable sample repeats the last good sample of
 the stream (UserError if there is none yet). An image that fails to decode becomes zeros
-(``stats["bad_images"]``). ``stats`` are per process and not part of the state. A record found corrupt by the index scan is left out of the plan (0 frames) with a warning.
+(``stats["bad_images"]``, the warning names shard and record). ``stats`` are per process and not part
+of the state. A record found corrupt by the index scan (or listed by the manifest but cut off a
+truncated shard) is left out of the plan (0 frames), counted in ``stats["skipped_records"]`` and
+named in a warning.
 
 DETAILS: the per-shard record index (offset, size, steps of each record) is built by one streaming
 scan and cached locally (``index_cache_dir``) under the manifest's shard sha256. Decode workers are
@@ -143,6 +146,9 @@ def _scan_shard(url: str) -> dict:
         while True:
             header = f.read(12)
             if len(header) < 12:
+                if header:
+                    log.warning("%s: record %d is truncated (length header); it is left out of the stream",
+                                url, len(offsets))
                 break
             length = int.from_bytes(header[:8], "little")
             if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
@@ -166,6 +172,18 @@ def _scan_shard(url: str) -> dict:
 
 
 _IMAGE_KEYS = frozenset(f"steps/observation/image_{s}" for s in CAMERA_SLOTS)
+
+
+def _skipped_records(shards: list[tuple[str, dict]], index: list[dict]) -> list[str]:
+    """"<url> record k" of every record the index left out (0 steps), and of records the manifest
+    lists but the shard no longer holds (truncated file)."""
+    out = []
+    for (url, entry), idx in zip(shards, index):
+        frames = list(idx["frames"])
+        out += [f"{url} record {k}" for k, n in enumerate(frames) if n == 0]
+        expected = int(entry.get("episodes", len(frames)))
+        out += [f"{url} record {k} (missing: shard truncated)" for k in range(len(frames), expected)]
+    return out
 
 
 def _cache_dir(cfg_dir: str) -> str:
@@ -197,6 +215,10 @@ class CuratedSource:
                                     frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
         self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
         self.norm = load_dataset_norm(fs.join(self.url, "dataset_statistics.json"), name)
+        self.skipped_records = _skipped_records(shards, index)
+        if self.skipped_records:
+            log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,
+                        len(self.skipped_records), "; ".join(self.skipped_records[:5]))
 
     def _shards(self, split: str) -> list[tuple[str, dict]]:
         manifest_url = fs.join(self.url, "manifest.json")
@@ -217,7 +239,7 @@ class CuratedSource:
         if os.path.exists(path):
             with open(path) as f:
                 return json.load(f)
-        index = _scan_shard(url)
+        index = fs.retry(lambda: _scan_shard(url), url, what="index scan")  # a retry re-reads the shard
         fs.write_json(path, index, indent=None)
         return index
 
@@ -234,8 +256,7 @@ class CuratedSource:
         shard, record = self._locate(episode)
         url = self.shard_urls[shard]
         start = int(self._offsets[shard][record])
-        filesystem, path = fs.get_fs(url)
-        blob = filesystem.cat_file(path, start=start, end=start + int(self._sizes[shard][record]))
+        blob = fs.read_range(url, start, start + int(self._sizes[shard][record]))  # retried (fs.retry)
         data = next(iter(read_records(io.BytesIO(blob), name=f"{url} record {record}")))
         wanted = {f"steps/observation/image_{c}" for c in cameras}
         ex = decode_example(data, skip=_IMAGE_KEYS - wanted)
@@ -375,7 +396,8 @@ class TrainingStream:
                             f"global batch ({world_size} x stream.batch_size={cfg.batch_size}); lower batch_size")
         self.epoch, self.position = 0, 0
         self.stats = {"corrupt_episodes": 0, "replaced_samples": 0, "bad_images": 0, "dropped_tail_samples": 0,
-                      "peak_cache_bytes": 0}
+                      "peak_cache_bytes": 0,
+                      "skipped_records": sum(len(getattr(s, "skipped_records", ())) for s in self._sources)}
         self._plan: EpochPlan | None = None
         self._gen: Iterator | None = None
         self._pool: Any = None
@@ -417,6 +439,8 @@ class TrainingStream:
         ds, ep = _split_key(key)
         try:
             return self._sources[ds].read_episode(ep, self.cfg.cameras)
+        except fs.StorageUnavailable:  # storage down past the retry budget: fail, never skip silently
+            raise
         except Exception as e:  # corrupt bytes, CRC mismatch, malformed record
             self.stats["corrupt_episodes"] += 1
             log.warning("[rank %d] skipping corrupt episode %s: %s", self.rank, self._sources[ds].describe(ep),
@@ -465,6 +489,7 @@ class TrainingStream:
         samples: list[dict | None] = []
         for slot, d, f, p in zip(slots.tolist(), ds.tolist(), fr.tolist(), pos.tolist()):
             episode, images = cache.take(slot, f)
+            key = int(cache._keys[slot])
             if episode is None:
                 samples.append(None)
                 continue
@@ -476,6 +501,7 @@ class TrainingStream:
                 "language_instruction": episode.instruction[f],
                 "dataset_index": d,
                 "meta": (src.name, episode.episode_id, f),
+                "episode": _split_key(key)[1],  # dataset-local index, for messages (describe)
             })
         return self._replace_bad(samples)
 
@@ -526,8 +552,9 @@ class TrainingStream:
             pixels = attach_pixels(pixels)
         for i, c in bad:
             self.stats["bad_images"] += 1
-            log.warning("[rank %d] image of %s (camera %s) failed to decode; using zeros", self.rank,
-                        samples[i]["meta"], self.cfg.cameras[c])
+            where = self._sources[samples[i]["dataset_index"]].describe(samples[i]["episode"])
+            log.warning("[rank %d] image of %s (%s, camera %s) failed to decode; using zeros", self.rank,
+                        samples[i]["meta"], where, self.cfg.cameras[c])
         built = []
         for s in samples:
             # pixels are attached below as one tensor: collate's per-sample torch.stack costs ~20 ms

@@ -140,7 +140,7 @@ def read_indexed_records(
 ) -> Iterator[tuple[int, bytes]]:
     """Like ``read_records`` but yields ``(record_index, payload)`` (indices skip corrupt records)."""
     if isinstance(source, str):
-        with fs.open_url(source, "rb") as f:
+        with fs.open_url(source, "rb", retrying=True) as f:  # gs://: reads resume at the offset
             yield from _iter_framed(f, name or source, verify_crc, on_error)
     else:
         label = name or getattr(source, "path", None) or getattr(source, "name", None) or "<stream>"

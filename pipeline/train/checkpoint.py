@@ -184,6 +184,8 @@ class CheckpointManager:
         self._pending: tuple[Any, int, str, str | None] | None = None
         self._async_pg = None
         self.last_saved: str | None = None
+        if fs.is_remote(root):
+            _sweep_stale_staging(self._staging_base())
 
     # public API: each checks `enable` once, then calls a hook
     def should_save(self, step: int, *, force: bool = False) -> bool:
@@ -214,6 +216,7 @@ class CheckpointManager:
         if self._async_pg is not None:
             dist.destroy_process_group(self._async_pg)
             self._async_pg = None
+        shutil.rmtree(os.path.join(self._staging_base(), f"vla-ckpt-staging-{os.getpid()}"), ignore_errors=True)
 
     # -- save -------------------------------------------------------------------------------------
     def _save(self, step: int) -> str:
@@ -270,8 +273,11 @@ class CheckpointManager:
             fs.remove(fs.join(url, COMMIT))  # uncommit first: a crash mid-delete leaves a partial dir
             fs.remove(url, recursive=True)
 
+    def _staging_base(self) -> str:
+        return self.cfg.staging_dir or tempfile.gettempdir()
+
     def _staging_dir(self, step: int) -> str:
-        base = self.cfg.staging_dir or tempfile.gettempdir()
+        base = self._staging_base()
         path = os.path.join(base, f"vla-ckpt-staging-{os.getpid()}", f"rank{self.rank}", step_dir_name(step))
         shutil.rmtree(path, ignore_errors=True)
         os.makedirs(path, exist_ok=True)
@@ -316,6 +322,25 @@ class CheckpointManager:
         self.states["data"].load_state_dict(state["data"])
 
 
+def _sweep_stale_staging(base: str) -> None:
+    """Remove staging dirs of processes that no longer run (a save killed before its upload)."""
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("vla-ckpt-staging-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            log.info("removing staging dir %s of a finished process", os.path.join(base, name))
+            shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+        except OSError:
+            pass  # alive under another user
+
+
 def check_shapes(local: str, model: torch.nn.Module, url: str) -> None:
     """UserError when the checkpoint's model tensors do not fit ``model`` (another architecture)."""
     import torch.distributed.checkpoint as dcp
@@ -336,8 +361,10 @@ def check_shapes(local: str, model: torch.nn.Module, url: str) -> None:
 
 
 def upload_dir(local: str, url: str) -> None:
+    """Upload every file under ``local`` to ``url``; each file is retried on its own (fs.retry), so an
+    outage costs the file in flight, not the files already uploaded. Raises when one cannot be written."""
     for dirpath, _, names in os.walk(local):
-        for name in names:
+        for name in sorted(names):
             rel = os.path.relpath(os.path.join(dirpath, name), local)
             with open(os.path.join(dirpath, name), "rb") as f:
                 fs.write_bytes(fs.join(url, *rel.split(os.sep)), f.read())
@@ -346,12 +373,17 @@ def upload_dir(local: str, url: str) -> None:
 def download_dir(url: str) -> str:
     local = tempfile.mkdtemp(prefix="vla-ckpt-load-")
     fsys, path = fs.get_fs(url)
-    for remote in fsys.find(path):
-        rel = os.path.relpath(remote, path)
-        dst = os.path.join(local, rel)
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with open(dst, "wb") as f:
-            f.write(fsys.cat_file(remote))
+    try:
+        for remote in fs.retry(lambda: fsys.find(path), url, what="list"):
+            rel = os.path.relpath(remote, path)
+            dst = os.path.join(local, rel)
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            data = fs.retry(lambda r=remote: fsys.cat_file(r), fs.join(url, rel), what="read")
+            with open(dst, "wb") as f:
+                f.write(data)
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
     return local
 
 
@@ -361,7 +393,9 @@ def check_reachable(root: str) -> None:
         if fs.is_remote(root):
             fsys, path = fs.get_fs(root)
             bucket = path.split("/", 1)[0]
-            fsys.ls(bucket)
+            policy = fs.retry_policy()  # a preflight: tolerate a blip, but answer within ~15 s
+            fs.retry(lambda: fsys.ls(bucket), root, what="list",
+                     policy=fs.RetryPolicy(policy.attempts, min(policy.max_s, 15.0), policy.base_s))
         else:
             os.makedirs(root, exist_ok=True)
     except Exception as e:  # noqa: BLE001 - any storage failure is reported as one line

@@ -56,6 +56,10 @@ class DataConfig(StreamConfig):
             raise UserError(f"data.resolution={self.resolution}: must be >= 8 (0: model.image_size)")
         if self.synthetic_tasks < 1:
             raise UserError(f"data.synthetic_tasks={self.synthetic_tasks}: must be >= 1")
+        from pipeline.data.schema import CAMERA_SLOTS
+
+        if not self.cameras or any(c not in CAMERA_SLOTS for c in self.cameras):
+            raise UserError(f"data.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
 
     def stream_config(self, *, batch_size: int, seed: int, resolution: int) -> StreamConfig:
         """The ``StreamConfig`` for this run (run-level values filled in, checks applied)."""
@@ -103,6 +107,17 @@ class DebugConfig:
     crash_at_step: int = field(default=-1, metadata={"help": "fault injection: os._exit(1) after this step (-1: off)"})
     crash_rank: int = field(default=0, metadata={"help": "fault injection: the rank that exits (or gets SIGTERM)"})
     term_at_step: int = field(default=-1, metadata={"help": "preemption drill: SIGTERM to crash_rank after this step (-1: off)"})
+    sample_log: bool = field(default=False, metadata={"help": "accounting: each rank appends its per-step (epoch, dataset, episode_id, frame) to run_dir/samples/"})
+    save_fault_step: int = field(default=-1, metadata={"help": "fault injection: crash_rank faults once inside this step's checkpoint save, before COMMIT (-1: off)"})
+    save_fault: str = field(default="kill", metadata={"help": "kill (SIGKILL itself) | pause (sleep save_pause_s: a window for an external kill)"})
+    save_fault_phase: str = field(default="before_commit", metadata={"help": "before_commit (all files written/uploaded) | after_shards (DCP shards only)"})
+    save_pause_s: float = field(default=30.0, metadata={"help": "save_fault=pause: seconds to sleep"})
+
+    def __post_init__(self) -> None:
+        if self.save_fault not in ("kill", "pause"):
+            raise UserError(f"debug.save_fault={self.save_fault!r}: expected kill or pause")
+        if self.save_fault_phase not in ("before_commit", "after_shards"):
+            raise UserError(f"debug.save_fault_phase={self.save_fault_phase!r}: expected before_commit or after_shards")
 
 
 @dataclass(kw_only=True)

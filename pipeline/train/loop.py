@@ -70,6 +70,7 @@ class Loop:
     term_at_step: int = -1
     run_dir: str = "."
     signals: Any = None  # SignalWatch: SIGTERM -> checkpoint and stop after the current step
+    sample_log: Any = None  # metrics.SampleLog (debug.sample_log): per-step (epoch, dataset, episode, frame)
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -90,7 +91,8 @@ def _micro_step(loop: Loop, batch: dict, data_wait_s: float) -> None:
 def stream_epoch(stream: Any) -> float:
     """Fractional epochs consumed: ``epoch + position / epoch_length`` of the stream's state."""
     length = max(1, int(stream.epoch_length()))
-    return float(stream.epoch) + float(getattr(stream, "position", 0)) % length / length
+    # position == length right after the last batch of an epoch (the epoch counter moves on lazily)
+    return float(stream.epoch) + min(float(getattr(stream, "position", 0)), length) / length
 
 
 def _unwrap(model: Any) -> Any:
@@ -103,6 +105,8 @@ def train_step(loop: Loop) -> dict:
     for _ in range(loop.accum):
         t0 = time.perf_counter()
         batch = _to_device(next(loop.stream), loop.device)
+        if loop.sample_log is not None:
+            loop.sample_log.add(getattr(loop.stream, "epoch", None), batch.get("meta") or [])
         _micro_step(loop, batch, time.perf_counter() - t0)
     grad_norm = clip_grad_norm(loop.model, loop.grad_clip)
     lr = loop.optimizer.param_groups[0]["lr"]
@@ -173,6 +177,35 @@ def maybe_crash(loop: Loop) -> None:
     os._exit(1)
 
 
+def install_save_fault(ckpt: Any, debug: Any, *, run_dir: str) -> None:
+    """Fault injection (``debug.save_fault_*``) on this rank's ``CheckpointManager``: once (marker
+    ``run_dir/.save_fault_<step>``, holding the pid, written first), inside the save of
+    ``save_fault_step`` it SIGKILLs itself (``kill``) or sleeps ``save_pause_s`` (``pause``: a window
+    for an external ``kill -9``). Phase ``after_shards``: the DCP shards are written (still in flight
+    with ``async_save``), the rank and train-state files are not. ``before_commit``: every file is written (and uploaded, for gs://)."""
+    import signal
+
+    name = "_write_small" if debug.save_fault_phase == "after_shards" else "_finalize"
+    original = getattr(ckpt, name)
+
+    def hooked(step: int, *args: Any) -> Any:
+        marker = fs.join(run_dir, f".save_fault_{step}")
+        if step == debug.save_fault_step and not fs.exists(marker):
+            if name == "_finalize" and args[1] is not None:
+                from pipeline.train.checkpoint import upload_dir
+
+                upload_dir(args[1], args[0])  # remote: the staged files reach the bucket, COMMIT does not
+            fs.write_text(marker, f"{os.getpid()}\n")
+            log.warning("debug.save_fault=%s in the save of step %d (%s)", debug.save_fault, step,
+                        debug.save_fault_phase)
+            if debug.save_fault == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(debug.save_pause_s)
+        return original(step, *args)
+
+    setattr(ckpt, name, hooked)
+
+
 class SignalWatch:
     """Turns SIGTERM (preemption, torchrun shutting down) into "checkpoint and stop after this step".
 
@@ -211,6 +244,8 @@ def run_loop(loop: Loop) -> dict:
     while reason is None:
         record = train_step(loop)
         loop.logger.log(loop.state.step, record)
+        if loop.sample_log is not None:
+            loop.sample_log.write(loop.state.step)  # before the checkpoint of this step
         loop.checkpointer.wait()  # an async save of the previous step overlapped this step: commit it
         maybe_crash(loop)
         reason = "signal" if record["signal"] else stop_reason(

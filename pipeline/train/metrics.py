@@ -26,6 +26,8 @@ __all__ = [
     "action_stats",
     "peak_flops",
     "read_metrics",
+    "SampleLog",
+    "read_sample_log",
 ]
 
 log = logging.getLogger("pipeline.train")
@@ -182,10 +184,58 @@ def read_metrics(path: str) -> list[dict]:
         return []
     by_step: dict[int, dict] = {}
     for line in fs.read_text(path).splitlines():
-        if line.strip():
-            rec = json.loads(line)
+        rec = _parse_record(line)
+        if rec is not None:
             by_step[int(rec["step"])] = rec
     return [by_step[k] for k in sorted(by_step)]
+
+
+class SampleLog:
+    """``debug.sample_log``: one JSON line per optimizer step, ``{"step", "samples": [[epoch, dataset,
+    episode_id, frame], ...]}`` of the samples this rank consumed, appended (and flushed) to
+    ``run_dir/samples/rank_<r>.jsonl`` before that step's checkpoint. Append-only over restarts: the
+    steps a resumed run replays appear again further down; :func:`read_sample_log` keeps the last
+    record of each step (the surviving history)."""
+
+    def __init__(self, run_dir: str, rank: int) -> None:
+        path = os.path.join(_local_run_dir(run_dir), "samples", f"rank_{rank:05d}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        torn = os.path.exists(path) and os.path.getsize(path) > 0 and _last_byte(path) != b"\n"
+        self._f = open(path, "a", encoding="utf-8")
+        if torn:  # the previous process died mid-line: start ours on a fresh line
+            self._f.write("\n")
+        self._pending: list[list] = []
+
+    def add(self, epoch: Any, meta: list) -> None:
+        self._pending += [[None if epoch is None else int(epoch), str(m[0]), str(m[1]), int(m[2])] for m in meta]
+
+    def write(self, step: int) -> None:
+        self._f.write(json.dumps({"step": int(step), "samples": self._pending}) + "\n")
+        self._f.flush()
+        self._pending = []
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _last_byte(path: str) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1)
+
+
+def read_sample_log(path: str) -> dict[int, list[list]]:
+    """step -> samples of a :class:`SampleLog` file, the last record of each step winning; a torn
+    last line (the process died while writing it) is ignored."""
+    out: dict[int, list[list]] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            out[int(rec["step"])] = rec["samples"]
+    return out
 
 
 class MetricsLogger:
@@ -302,12 +352,24 @@ def _download_if_exists(url: str, path: str) -> None:
             f.write(fs.read_bytes(url))
 
 
+def _parse_record(line: str) -> dict | None:
+    """One metrics record, or None for a blank or torn line (a process killed mid-write)."""
+    if not line.strip():
+        return None
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return rec if isinstance(rec, dict) and "step" in rec else None
+
+
 def _truncate_after(path: str, step: int) -> None:
     """Drop records past ``step`` (a resumed run rewrites them) so the file reads as one run."""
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8") as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+        recs = [(ln, _parse_record(ln)) for ln in f]
+    lines = [ln if ln.endswith("\n") else ln + "\n" for ln, rec in recs if rec is not None and rec["step"] <= step]
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(lines)

@@ -9,11 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 
 import numpy as np
 import pytest
@@ -211,40 +207,23 @@ def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
         assert not fs.exists(fs.join(curated_dir(out, name), "_parts"))
 
 
-def _comparable(manifest: dict) -> dict:
-    return {k: v for k, v in manifest.items() if k != "source"} | {"source": manifest["source"]["fingerprint"]}
-
-
 @pytest.mark.slow
 def test_kill_and_rerun_matches_uninterrupted(ray_session, raw, curated, tmp_path):
+    """Killed while the 2nd dataset is mapping (more kill points: pipeline/faults/curation_kill.py)."""
+    from pipeline.faults.curation_kill import compare_outputs, kill_when, partial_files, start_curate
+
     out = str(tmp_path / "killed")
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
-    env = {**os.environ, "RAY_TMPDIR": ray_tmp}
-    cmd = [sys.executable, "-m", "pipeline.cli", "curate", "mixture=demo", f"source={raw}", f"out={out}",
-           "progress=false", "ray.num_cpus=1", "workers=1"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    parts = os.path.join(curated_dir(out, DATASETS[1]), "_parts")
     try:
-        deadline = time.time() + 90
-        parts = os.path.join(curated_dir(out, DATASETS[1]), "_parts")
-        while time.time() < deadline and proc.poll() is None:  # kill once the 2nd dataset is half-way
-            if os.path.isdir(parts) and any(f.endswith(".json") for f in os.listdir(parts)):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, "curate finished before it could be killed"
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
+        proc = start_curate(["curate", "mixture=demo", f"source={raw}", f"out={out}", "progress=false"], ray_tmp)
+        assert kill_when(proc, lambda: os.path.isdir(parts) and any(f.endswith(".json") for f in os.listdir(parts))), \
+            "curate finished before it could be killed"
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert partial_files(out, DATASETS) == []
     assert read_manifest(curated_dir(out, DATASETS[0])) is not None  # the first dataset was committed
     assert read_manifest(curated_dir(out, DATASETS[2])) is None  # the last one was not started
     results = curate(_cfg(raw, out))
     assert [r["status"] for r in results] == ["reused", "resumed", "curated"]
-    for name in DATASETS:
-        assert _comparable(read_manifest(curated_dir(out, name))) == _comparable(read_manifest(curated_dir(curated, name)))
-        assert _ids(_episodes(out, name)) == _ids(_episodes(curated, name))
-        for f in ("dataset_statistics.json", "quarantine.json"):
-            assert fs.read_json(fs.join(curated_dir(out, name), f)) == fs.read_json(fs.join(curated_dir(curated, name), f))
-        leftovers = [f for f in os.listdir(curated_dir(out, name)) if ".tmp" in f or f == "_parts"]
-        assert leftovers == []
+    assert compare_outputs(curated, out, DATASETS) == []  # byte-identical, no .tmp/_parts left

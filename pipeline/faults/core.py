@@ -1,0 +1,85 @@
+"""Scenario registry, the context a scenario runs in, and the result it reports."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario"]
+
+# name -> "module:function"; the function takes a FaultContext and returns a ScenarioResult.
+SCENARIOS: dict[str, str] = {
+    "rank_kill": "pipeline.faults.rank_kill:run",
+    "checkpoint_write_kill": "pipeline.faults.checkpoint_kill:run",
+    "curation_kill": "pipeline.faults.curation_kill:run",
+    "corrupt_data": "pipeline.faults.corrupt_data:run",
+    "bad_config": "pipeline.faults.bad_config:run",
+    "storage_outage": "pipeline.faults.storage_outage:run",
+    "secrets": "pipeline.faults.secrets:run",
+}
+
+
+@dataclass
+class FaultContext:
+    """Where and how a scenario runs. ``workdir`` is a fresh directory owned by the scenario."""
+
+    workdir: str
+    quick: bool = False
+    seed: int = 0
+    log: Callable[[str], None] = print
+
+    def path(self, *parts: str) -> str:
+        p = os.path.join(self.workdir, *parts)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        return p
+
+
+@dataclass
+class ScenarioResult:
+    """What one scenario measured over its trials. ``failures`` holds one line per failed check."""
+
+    scenario: str
+    trials: int = 0
+    passed: int = 0
+    samples_lost: int = 0
+    samples_repeated: int = 0
+    recover_s: float = 0.0  # worst time from the fault to a recovered state over the trials
+    failures: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.trials > 0 and self.passed == self.trials and not self.failures
+
+    def trial(self, ok: bool, failure: str = "", recover_s: float = 0.0) -> None:
+        """Record one trial; a failed trial should say what broke in ``failure``."""
+        self.trials += 1
+        self.passed += int(bool(ok))
+        self.recover_s = max(self.recover_s, round(float(recover_s), 3))
+        if not ok:
+            self.failures.append(failure or f"trial {self.trials} failed")
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ok"] = self.ok
+        return d
+
+
+def run_scenario(name: str, ctx: FaultContext) -> ScenarioResult:
+    """Run one scenario; an unexpected exception is a failed scenario, not a crash of the suite."""
+    module, _, attr = SCENARIOS[name].partition(":")
+    t0 = time.time()
+    try:
+        result = getattr(importlib.import_module(module), attr)(ctx)
+    except Exception as e:  # the suite must report, not die
+        result = ScenarioResult(scenario=name)
+        result.trial(False, f"{type(e).__name__}: {e}")
+        result.details["traceback"] = traceback.format_exc(limit=8)
+    result.scenario = name
+    result.details.setdefault("wall_s", round(time.time() - t0, 1))
+    return result
