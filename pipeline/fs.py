@@ -391,3 +391,19 @@ def remove(url: str, recursive: bool = False) -> None:
             fs.rm(path, recursive=recursive)
 
     retry(rm, url, what="remove")
+
+
+def check_local_dir_writable(url: str, key: str) -> None:
+    """UserError unless local ``url`` is (or can be created as) a writable directory; no-op for URLs.
+
+    Nothing is created: the nearest existing ancestor must be a writable directory.
+    """
+    if is_remote(url):
+        return
+    path = os.path.abspath(get_fs(url)[1])
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f"{key}={url}: cannot create a directory there ({path} is a file)")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"{key}={url}: {path} is not writable; pick another {key}")

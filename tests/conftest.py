@@ -29,3 +29,14 @@ def gcs_emulator():
 def gcs_bucket(gcs_emulator) -> str:
     """A fresh ``gs://test-bucket/<unique prefix>`` URL backed by the local emulator."""
     return f"gs://{BUCKET}/t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """One intra-op torch thread: the CI box has 2 shared cores and oversubscription stalls."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -22,12 +22,7 @@ def policy(export_url) -> VLAPolicy:
     return VLAPolicy.from_pretrained(export_url, quantization="fp32", device="cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_predict_action_unnormalized_by_hand(policy):

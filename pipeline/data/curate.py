@@ -376,25 +376,10 @@ def _summary(results: list[dict], seconds: float) -> str:
     return "\n".join(lines)
 
 
-def _check_out(out: str) -> None:
-    """UserError before any work when the local output root cannot be created or written."""
-    import os
-
-    if fs.is_remote(out):
-        return
-    path = os.path.abspath(fs.get_fs(out)[1])
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        raise UserError(f"out={out}: cannot create a directory there ({path} is a file)")
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"out={out}: {path} is not writable; pick another out")
-
-
 def curate(cfg: CurateConfig) -> list[dict]:
     """Curate every dataset of the mixture; returns per-dataset ``{manifest, quarantine, status}``."""
     mixture = load_mixture(cfg.mixture)
-    _check_out(cfg.out)
+    fs.check_local_dir_writable(cfg.out, "out")  # before planning or Ray
     _check_mixture(mixture)
     plans = [plan_dataset(name, mixture, cfg) for name in mixture.active()]  # UserErrors before any work
     todo = [p for p in plans if not _finished(p)]

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario"]
+__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario", "patched_env"]
 
 # name -> "module:function"; the function takes a FaultContext and returns a ScenarioResult.
 SCENARIOS: dict[str, str] = {
@@ -83,3 +84,18 @@ def run_scenario(name: str, ctx: FaultContext) -> ScenarioResult:
     result.scenario = name
     result.details.setdefault("wall_s", round(time.time() - t0, 1))
     return result
+
+
+@contextlib.contextmanager
+def patched_env(values: dict[str, str], keys: Iterable[str] = ()) -> Iterator[None]:
+    """Set ``values`` in ``os.environ``; on exit restore them and every name in ``keys``."""
+    old = {k: os.environ.get(k) for k in (*values, *keys)}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from pipeline.faults.core import FaultContext, ScenarioResult, patched_env
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TRAIN = ["data.source=synthetic", "per_device_batch=2", "metrics.progress=false", "metrics.tensorboard=true",
@@ -112,20 +112,6 @@ def _vla(args: list[str], env: dict[str, str], timeout: int = 240) -> tuple[int,
     return p.returncode, p.stdout + p.stderr
 
 
-@contextlib.contextmanager
-def _patched_env(extra: dict[str, str]):
-    old = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _vla_inprocess(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     """``pipeline.cli.main(args)`` with stdout/stderr and every log record captured."""
     import logging
@@ -137,7 +123,7 @@ def _vla_inprocess(args: list[str], env: dict[str, str]) -> tuple[int, str]:
     root = logging.getLogger()
     root.addHandler(handler)
     try:
-        with _patched_env(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        with patched_env(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
             code = main(args)
     finally:
         root.removeHandler(handler)
@@ -179,7 +165,7 @@ def run(ctx: FaultContext) -> ScenarioResult:
                           f"data.data_root=gs://svc:{url_token}@test-bucket/curated"], env_emu)
         leaks = _leaks(out, needles, "train output")
         tree_leaks, n_local = _scan_tree(run_dir, needles)
-        with _patched_env({"STORAGE_EMULATOR_HOST": emu.host}):
+        with patched_env({"STORAGE_EMULATOR_HOST": emu.host}):
             remote_leaks, n_remote = _scan_remote(ckpt, needles)
             saved = fs.read_text(fs.join(ckpt, "step_000001", "config.yaml")) if code == 0 else ""
         problems = leaks + tree_leaks + remote_leaks

@@ -31,7 +31,7 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from pipeline.faults.core import FaultContext, ScenarioResult, patched_env
 
 BUCKET_PREFIX = "gs://test-bucket/storage-outage"
 _ENV_KEYS = ("STORAGE_EMULATOR_HOST", "VLA_STORAGE_RETRY_MAX_S", "VLA_STORAGE_RETRIES", "VLA_STORAGE_RETRY_BASE_S",
@@ -47,18 +47,8 @@ class _Capture(logging.Handler):
         self.lines.append(record.getMessage())
 
 
-@contextmanager
 def _env(**values: str):
-    old = {k: os.environ.get(k) for k in _ENV_KEYS}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    return patched_env(values, keys=_ENV_KEYS)
 
 
 class _Outage:

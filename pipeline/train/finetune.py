@@ -33,7 +33,7 @@ from pipeline.config import MISSING, helpfield
 from pipeline.errors import UserError
 from pipeline.train.config import DataConfig, TrainConfig
 from pipeline.train.lora import LoRAConfig
-from pipeline.train.main import TrainHooks
+from pipeline.train.main import TrainHooks, rank_main
 from pipeline.train.optim import OptimConfig
 
 __all__ = ["FinetuneConfig", "FinetuneHooks", "BaseModel", "resolve_base", "finetune", "run_finetune", "main"]
@@ -216,21 +216,8 @@ def run_finetune(cfg: FinetuneConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One rank under torchrun: ``[--config FILE] [key=value ...]`` like ``vla finetune``."""
-    from pipeline.config import load_config
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    config_file = None
-    if "--config" in args:
-        i = args.index("--config")
-        config_file = args[i + 1]
-        del args[i:i + 2]
-    try:
-        finetune(load_config(FinetuneConfig, args, config_file))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    """One rank of ``vla finetune`` under torchrun."""
+    return rank_main(FinetuneConfig, finetune, argv)
 
 
 if __name__ == "__main__":

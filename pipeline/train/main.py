@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
-__all__ = ["train", "run_train", "main", "validate", "under_torchrun", "TrainHooks"]
+__all__ = ["train", "run_train", "main", "rank_main", "validate", "under_torchrun", "TrainHooks"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -92,13 +92,7 @@ def _check_location(key: str, url: str) -> None:
                                 f"{e.strerror or type(e).__name__})") from None
         return
     if key in ("run_dir", "checkpoint.dir"):
-        path = os.path.abspath(fs.get_fs(url)[1])
-        while not os.path.exists(path):
-            path = os.path.dirname(path)
-        if not os.path.isdir(path):
-            raise UserError(f"{key}={url}: cannot create a directory there ({path} is a file)")
-        if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f"{key}={url}: {path} is not writable; pick another {key}")
+        fs.check_local_dir_writable(url, key)
 
 
 def _check_data(cfg: TrainConfig) -> None:
@@ -397,8 +391,9 @@ def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None,
     return code
 
 
-def main(argv: list[str] | None = None) -> int:
-    """One rank under torchrun: ``[--config FILE] [key=value ...]`` like ``vla train``."""
+def rank_main(config_cls: type, entry: Any, argv: list[str] | None = None) -> int:
+    """One rank under torchrun: parse ``[--config FILE] [key=value ...]`` into ``config_cls`` and run
+    ``entry(cfg)``; a UserError is one redacted ``error:`` line and exit 2, as in the CLI."""
     from pipeline.config import load_config
     from pipeline.secrets import install, redact
 
@@ -410,12 +405,16 @@ def main(argv: list[str] | None = None) -> int:
         config_file = args[i + 1]
         del args[i:i + 2]
     try:
-        cfg = load_config(TrainConfig, args, config_file)
-        train(cfg)
+        entry(load_config(config_cls, args, config_file))
     except UserError as e:
         print(redact(f"error: {e}"), file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One rank of ``vla train`` under torchrun."""
+    return rank_main(TrainConfig, train, argv)
 
 
 if __name__ == "__main__":

@@ -67,11 +67,6 @@ def tiny_model(demo_tokenizer):
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """The CI box has 2 shared cores: one intra-op thread avoids oversubscription stalls."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
+    """Every model test runs with one intra-op thread (see tests/conftest.py)."""
     yield
-    torch.set_num_threads(old)
