@@ -37,8 +37,13 @@ named in a warning.
 DETAILS: the per-shard record index (offset, size, steps of each record) is built by one streaming
 scan and cached locally (``index_cache_dir``) under the manifest's shard sha256. Decode workers are
 ``spawn`` processes (the launching script's ``__main__`` is re-imported in them: guard it with
-``if __name__ == "__main__"``); each writes its float32 batch into a file under /dev/shm that the
-training process maps (no pickling of pixel arrays) and unlinks at once.
+``if __name__ == "__main__"``); each writes its batch into one slot of a ring file under /dev/shm
+that the workers keep open and the training process keeps mapped (no pickling of pixel arrays, no
+fresh pages per batch): the resized uint8 frames without augmentation (scaled to float32 by the
+training process, bit-identical to decoding in-process), the float32 frames with it. The ring has
+``prefetch_batches + 1`` slots used in turn: at most that many batches are in flight, so a slot comes
+round again only after its batch was consumed (checked) or abandoned by ``load_state_dict`` (its
+task is waited for before the slot is rewritten).
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
-from pipeline.data.frames import attach_pixels, decode_batch
+from pipeline.data.frames import attach_pixels, decode_batch, read_ring_slot
 from pipeline.data.normalize import DatasetNorm, load_dataset_norm, normalize_bounds_q99
 from pipeline.data.sampling import (
     DatasetLayout,
@@ -402,6 +407,10 @@ class TrainingStream:
         self._gen: Iterator | None = None
         self._pool: Any = None
         self._shm_dir: str | None = None
+        self._ring: Any = None  # (path, mmap, slots, slot_bytes) of the decode workers' output ring
+        self._ring_next = 0
+        self._ring_tasks: dict[int, tuple[Any, int]] = {}  # slot -> (unconsumed task, generator number)
+        self._gen_number = 0
         self._io = ThreadPoolExecutor(max_workers=cfg.io_threads, thread_name_prefix="stream-io")
         self._last_good: dict | None = None
         self._closed = False
@@ -455,6 +464,7 @@ class TrainingStream:
         if self._closed:
             raise RuntimeError("TrainingStream is closed")
         if self._gen is None:
+            self._gen_number += 1
             self._gen = self._run(self.epoch, self.position)
         batch, self.epoch, self.position = next(self._gen)
         return batch
@@ -540,7 +550,33 @@ class TrainingStream:
             shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
             self._shm_dir = tempfile.mkdtemp(prefix="vla-stream-", dir=shm)
             self._pool = mp.get_context("spawn").Pool(self.cfg.num_workers)
-        return self._pool.apply_async(decode_batch, (items,), {**kwargs, "out_dir": self._shm_dir})
+        ring = self._ring_slot()
+        task = self._pool.apply_async(decode_batch, (items,), {**kwargs, "ring": ring})
+        self._ring_tasks[ring[1]] = (task, self._gen_number)
+        return task
+
+    def _ring_slot(self) -> tuple[str, int, int]:
+        """(ring path, free slot, slot bytes); creates the ring on first use."""
+        if self._ring is None:
+            import mmap
+
+            n_cams, res = len(self.cfg.cameras), self.cfg.resolution
+            item = 4 if self.cfg.augment else 1  # float32 frames with augmentation, uint8 without
+            slot_bytes = -(-self.cfg.batch_size * n_cams * 3 * res * res * item // 4096) * 4096
+            slots = self.cfg.prefetch_batches + 1
+            path = os.path.join(self._shm_dir, "ring")
+            with open(path, "w+b") as f:
+                f.truncate(slots * slot_bytes)
+                self._ring = (path, mmap.mmap(f.fileno(), 0), slots, slot_bytes)
+        path, _, slots, slot_bytes = self._ring
+        slot = self._ring_next % slots
+        self._ring_next += 1
+        previous = self._ring_tasks.pop(slot, None)
+        if previous is not None:  # a batch abandoned by load_state_dict: let its task finish first
+            if previous[1] == self._gen_number:
+                raise RuntimeError(f"stream bug: ring slot {slot} reused before its batch was consumed")
+            previous[0].wait()
+        return path, slot, slot_bytes
 
     def _finish(self, handle: Any, samples: list[dict], epoch: int, next_position: int) -> tuple[dict, int, int]:
         import torch
@@ -548,7 +584,10 @@ class TrainingStream:
         from pipeline.model.prompt import collate
 
         pixels, bad = handle if isinstance(handle, tuple) else handle.get()
-        if isinstance(pixels, tuple):
+        if isinstance(pixels, tuple) and pixels[0] == "ring":
+            self._ring_tasks.pop(pixels[1], None)  # consumed: the slot may be rewritten
+            pixels = read_ring_slot(self._ring[1], pixels, self._ring[3])
+        elif isinstance(pixels, tuple):
             pixels = attach_pixels(pixels)
         for i, c in bad:
             self.stats["bad_images"] += 1
@@ -594,6 +633,13 @@ class TrainingStream:
             self._pool.terminate()
             self._pool.join()
             self._pool = None
+        self._ring_tasks.clear()
+        if self._ring is not None:
+            try:
+                self._ring[1].close()
+            except BufferError:  # a caller still holds a view (never the batches: they are copies)
+                pass
+            self._ring = None
         if self._shm_dir is not None:
             import shutil
 

@@ -16,6 +16,7 @@ from pipeline.data.frames import (
     decode_resize,
     frame_rng,
     process_frame,
+    read_ring_slot,
 )
 from pipeline.data.normalize import NormStats, normalize_bounds_q99, parse_dataset_norm
 
@@ -67,6 +68,22 @@ def test_decode_batch_marks_corrupt_images_and_shared_memory_roundtrip(tmp_path)
     handle, bad2 = decode_batch(items, size=(8, 8), augment=True, seed=1, epoch=0, out_dir=str(tmp_path))
     np.testing.assert_array_equal(attach_pixels(handle), pixels)
     assert bad2 == bad and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("augment", [False, True])
+def test_ring_slots_match_in_memory_decode_and_zero_stale_bytes(tmp_path, augment):
+    good = _encode(_noise(16, 16), "JPEG")
+    items = [(0, (good, b"")), (1, (b"not an image", good))]
+    expect, bad = decode_batch(items, size=(8, 8), augment=augment, seed=1, epoch=0)
+    path, slot_bytes = tmp_path / "ring", 2 * 2 * 3 * 8 * 8 * 4
+    path.write_bytes(b"\xff" * 3 * slot_bytes)  # stale bytes everywhere: zeros must be written, not assumed
+    handle, bad2 = decode_batch(items, size=(8, 8), augment=augment, seed=1, epoch=0,
+                                ring=(str(path), 2, slot_bytes))
+    got = read_ring_slot(path.read_bytes(), handle, slot_bytes)
+    assert got.dtype == np.float32 and bad2 == bad == [(1, 0)]
+    np.testing.assert_array_equal(got, expect)  # bit-identical, zeros for b"" and the corrupt image
+    with pytest.raises(ValueError, match="too small"):
+        decode_batch(items, size=(8, 8), augment=augment, seed=1, epoch=0, ring=(str(path), 0, 64))
 
 
 # ------------------------------------------------------------------------------------- augmentation

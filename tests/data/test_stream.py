@@ -116,8 +116,9 @@ def test_exact_resume_at_cut_points(data_root, tmp_path):
                 _same(batch, ref[cut + i])
 
 
-def test_state_is_restored_mid_iteration_same_object(data_root, tmp_path):
-    cfg = _cfg(data_root, str(tmp_path), batch_size=4)
+@pytest.mark.parametrize("workers,prefetch", [(0, 4), (1, 1)])  # (1, 1): ring slots of dropped batches reused
+def test_state_is_restored_mid_iteration_same_object(data_root, tmp_path, workers, prefetch):
+    cfg = _cfg(data_root, str(tmp_path), batch_size=4, num_workers=workers, prefetch_batches=prefetch)
     with _stream(cfg) as s:
         _take(s, 3)
         state = s.state_dict()
@@ -149,10 +150,11 @@ def test_world_size_change_keeps_each_frame_once(data_root, tmp_path, w1, w2, st
     assert len(metas) == TOTAL and set(metas) == _all_frames()
 
 
-def test_output_independent_of_worker_count(data_root, tmp_path):
+@pytest.mark.parametrize("augment", [True, False])  # the workers' ring slots hold float32 / uint8
+def test_output_independent_of_worker_count(data_root, tmp_path, augment):
     outs = {}
     for workers in (0, 2):
-        with _stream(_cfg(data_root, str(tmp_path), num_workers=workers, augment=True, batch_size=4)) as s:
+        with _stream(_cfg(data_root, str(tmp_path), num_workers=workers, augment=augment, batch_size=4)) as s:
             outs[workers] = _take(s, 14)  # crosses the epoch boundary
     for a, b in zip(outs[0], outs[2]):
         _same(a, b)
