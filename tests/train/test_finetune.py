@@ -242,10 +242,8 @@ def test_bad_base_and_target_are_one_line_errors(base, data, tmp_path, capsys):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("VLA_FINETUNE_BYOD"), reason="~2 min (Ray curation + 180 steps): "
-                    "set VLA_FINETUNE_BYOD=1 (beyond the make-test budget)")
 def test_bring_your_own_robot_reach_and_pick(base, tmp_path):
-    """The full BYOD path: D1's registered made-up robot (raw RLDS in its own conventions -> Ray curation),
+    """The full BYOD path: the registered made-up robot (raw RLDS in its own conventions -> Ray curation),
     image-dependent actions (reach and pick scenes): LoRA rank 8 on the LLM + projector reaches 0.95."""
     from pipeline.data.byod import DEMO_ROBOT, make_demo_robot_dataset
     from pipeline.model.inference import load_policy
