@@ -18,9 +18,7 @@ camera (``b""`` = camera missing -> zeros). Output: float32 [3, H, W] in [0, 1].
 from __future__ import annotations
 
 import io
-import mmap
 import os
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +32,6 @@ __all__ = [
     "process_frame",
     "frame_rng",
     "decode_batch",
-    "attach_pixels",
     "read_ring_slot",
 ]
 
@@ -152,15 +149,13 @@ def process_frame(data: bytes, size: tuple[int, int], *, rng: np.random.Generato
 
 
 def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int, int], augment: bool,
-                 seed: int, epoch: int, out_dir: str | None = None,
+                 seed: int, epoch: int,
                  ring: tuple[str, int, int] | None = None) -> tuple[Any, list[tuple[int, int]]]:
     """Worker entry point: ``items`` = [(global position, (encoded bytes per camera))].
 
     Returns (pixels, bad): pixels float32 [B, C, 3, H, W] and the (item, camera) pairs whose bytes
     failed to decode (left as zeros). Randomness depends only on (seed, epoch, position, camera).
-    With ``out_dir`` (a tmpfs directory) the pixels are written into a new file there and
-    ``pixels`` is ``(path, shape)``: the consumer maps it with :func:`attach_pixels` instead of
-    unpickling ~19 MB per batch. With ``ring`` = (path, slot, slot_bytes) the batch is written into
+    With ``ring`` = (path, slot, slot_bytes) the batch is written into
     slot ``slot`` of a ring file that the worker keeps open (no new pages per batch) and
     ``pixels`` is a handle for :func:`read_ring_slot`; without augmentation the slot holds the
     resized uint8 [B, C, H, W, 3] (4x fewer bytes) and the consumer scales it to float.
@@ -168,16 +163,7 @@ def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int,
     if ring is not None:
         return _decode_into_ring(items, ring, size=size, augment=augment, seed=seed, epoch=epoch)
     n_cams = len(items[0][1]) if items else 0
-    shape = (len(items), n_cams, 3, size[0], size[1])
-    path, mm = None, None
-    if out_dir is None:
-        out = np.zeros(shape, dtype=np.float32)
-    else:
-        path = os.path.join(out_dir, f"batch-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-        with open(path, "w+b") as f:
-            f.truncate(max(1, int(np.prod(shape)) * 4))
-            mm = mmap.mmap(f.fileno(), 0)
-        out = np.frombuffer(mm, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+    out = np.zeros((len(items), n_cams, 3, size[0], size[1]), dtype=np.float32)
     bad: list[tuple[int, int]] = []
     for i, (position, images) in enumerate(items):
         for c, data in enumerate(images):
@@ -190,20 +176,7 @@ def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int,
                     out[i, c] = process_frame(data, size, rng=rng)
             except Exception:  # corrupt image bytes: zeros, reported to the caller
                 bad.append((i, c))
-    if mm is None:
-        return out, bad
-    del out
-    mm.close()
-    return (path, shape), bad
-
-
-def attach_pixels(handle: tuple[str, tuple[int, ...]]) -> np.ndarray:
-    """Map a batch written by :func:`decode_batch` (``out_dir`` mode) and unlink its file."""
-    path, shape = handle
-    with open(path, "r+b") as f:
-        mm = mmap.mmap(f.fileno(), 0)
-    os.unlink(path)  # the mapping stays valid until the array is garbage collected
-    return np.frombuffer(mm, dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
+    return out, bad
 
 
 # ring file -> open descriptor, per process (a decode worker keeps its stream's ring open). Workers

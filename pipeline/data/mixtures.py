@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import yaml
 
 from pipeline import fs
+from pipeline.data.yaml_doc import parse_with_lines
 from pipeline.errors import UserError
 
 __all__ = [
@@ -87,25 +88,8 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def _key_lines(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
-    """Dotted key path -> 1-based line of the key, for every mapping key in the document."""
-    lines: dict[str, int] = {}
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            path = f"{prefix}{key_node.value}"
-            lines[path] = key_node.start_mark.line + 1
-            lines.update(_key_lines(value_node, path + "."))
-    return lines
-
-
 def _parse(text: str, path: str) -> tuple[dict, dict[str, int]]:
-    try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - SafeLoader subclass
-        lines = _key_lines(yaml.compose(text, Loader=yaml.SafeLoader))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{path}{where}: malformed mixture YAML: {getattr(e, 'problem', None) or e}") from None
+    data, lines = parse_with_lines(text, path, what="mixture YAML", loader=_Loader)
     if not isinstance(data, dict):
         raise UserError(f"{path}:1: a mixture file must be a mapping with keys {', '.join(_TOP_KEYS)}")
     return data, lines

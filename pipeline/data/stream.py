@@ -63,7 +63,7 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
-from pipeline.data.frames import attach_pixels, decode_batch, read_ring_slot
+from pipeline.data.frames import decode_batch, read_ring_slot
 from pipeline.data.normalize import DatasetNorm, load_dataset_norm, normalize_bounds_q99
 from pipeline.data.sampling import (
     DatasetLayout,
@@ -587,8 +587,6 @@ class TrainingStream:
         if isinstance(pixels, tuple) and pixels[0] == "ring":
             self._ring_tasks.pop(pixels[1], None)  # consumed: the slot may be rewritten
             pixels = read_ring_slot(self._ring[1], pixels, self._ring[3])
-        elif isinstance(pixels, tuple):
-            pixels = attach_pixels(pixels)
         for i, c in bad:
             self.stats["bad_images"] += 1
             where = self._sources[samples[i]["dataset_index"]].describe(samples[i]["episode"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 import os
 import time
 import traceback
@@ -11,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario", "patched_env"]
+__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario", "patched_env", "WarningLines"]
 
 # name -> "module:function"; the function takes a FaultContext and returns a ScenarioResult.
 SCENARIOS: dict[str, str] = {
@@ -99,3 +100,14 @@ def patched_env(values: dict[str, str], keys: Iterable[str] = ()) -> Iterator[No
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+class WarningLines(logging.Handler):
+    """A logging handler that keeps the message of every WARNING-or-worse record in ``lines``."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())

@@ -26,7 +26,7 @@ import shutil
 
 import numpy as np
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from pipeline.faults.core import FaultContext, ScenarioResult, WarningLines
 
 __all__ = ["DATASET", "SOURCE_FAULTS", "STREAM_FAULTS", "run", "make_faulty_source", "corrupt_curated"]
 
@@ -182,15 +182,6 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
 
 
 # ------------------------------------------------------------------------------------------ part 2
-class _Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-
-
 class _Builder:
     """Prompt-builder stand-in (the stream's data path is what is under test)."""
 
@@ -203,7 +194,7 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
     """One epoch of the training stream: (stats, warnings, batches); raises if the stream does."""
     from pipeline.data.stream import StreamConfig, TrainingStream
 
-    handler = _Collect()
+    handler = WarningLines()
     loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.rlds")]
     for lg in loggers:
         lg.addHandler(handler)

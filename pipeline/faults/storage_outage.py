@@ -31,20 +31,11 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.faults.core import FaultContext, ScenarioResult, patched_env
+from pipeline.faults.core import FaultContext, ScenarioResult, WarningLines, patched_env
 
 BUCKET_PREFIX = "gs://test-bucket/storage-outage"
 _ENV_KEYS = ("STORAGE_EMULATOR_HOST", "VLA_STORAGE_RETRY_MAX_S", "VLA_STORAGE_RETRIES", "VLA_STORAGE_RETRY_BASE_S",
              "VLA_GCSFS_RETRIES")
-
-
-class _Capture(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.lines: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
 
 
 def _env(**values: str):
@@ -147,7 +138,7 @@ def _outage_at_upload_file(emu: Any, k: int, seconds: float | None, marker: str)
 
 
 def _upload_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, root: str, *, step: int, k: int,
-                  outage_s: float, cap: _Capture) -> None:
+                  outage_s: float, cap: WarningLines) -> None:
     import torch
 
     from pipeline import fs
@@ -258,7 +249,7 @@ def _stream(root: str, tmp: str, batch: int):
 
 
 def _stream_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, root: str, lengths: list[int], *,
-                  outage_s: float | None, trial: int, cap: _Capture) -> None:
+                  outage_s: float | None, trial: int, cap: WarningLines) -> None:
 
     batch = 4
     expected = {("bridge_orig", f"bridge_orig-{e:05d}", f) for e, t in enumerate(lengths) for f in range(t)}
@@ -391,7 +382,7 @@ def run(ctx: FaultContext) -> ScenarioResult:
     result = ScenarioResult(scenario="storage_outage")
     emu = GcsEmulator()
     saved_filters = warnings.filters[:]
-    cap = _Capture()
+    cap = WarningLines()
     fs_log = logging.getLogger("pipeline.fs")
     fs_log.addHandler(cap)
     try:

@@ -33,7 +33,7 @@ from pipeline.config import MISSING, helpfield
 from pipeline.errors import UserError
 from pipeline.train.config import DataConfig, TrainConfig
 from pipeline.train.lora import LoRAConfig
-from pipeline.train.main import TrainHooks, rank_main
+from pipeline.train.main import TrainHooks, rank_main, shard_model
 from pipeline.train.optim import OptimConfig
 
 __all__ = ["FinetuneConfig", "FinetuneHooks", "BaseModel", "resolve_base", "finetune", "run_finetune", "main"]
@@ -122,12 +122,7 @@ class FinetuneHooks(TrainHooks):
         import torch
 
         from pipeline.train.lora import apply_lora, trainable_summary
-        from pipeline.train.parallel import (
-            apply_activation_checkpointing,
-            apply_fsdp,
-            rank_and_world,
-            resolve_dtype,
-        )
+        from pipeline.train.parallel import rank_and_world
 
         model = _load_base(self.base, device)
         if model.vocab_size != model.config.padded_vocab_size(len(tokenizer)):
@@ -142,12 +137,7 @@ class FinetuneHooks(TrainHooks):
                     f"alpha {self.spec['alpha']:g} on {len(self.spec['targets'])} layers")
             print(line, flush=True)
             log.info(line)
-        units = model.fsdp_units()
-        apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
-        return apply_fsdp(model, mesh, units=units,
-                          param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
-                          reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"),
-                          reshard_after_forward=cfg.fsdp.reshard_after_forward)
+        return shard_model(model, cfg, device, mesh)
 
     def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
         from pipeline.train.lora import LORA_FILE

@@ -24,7 +24,7 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
-__all__ = ["train", "run_train", "main", "rank_main", "validate", "under_torchrun", "TrainHooks"]
+__all__ = ["train", "run_train", "main", "rank_main", "shard_model", "validate", "under_torchrun", "TrainHooks"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -215,10 +215,16 @@ def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any
     import torch
 
     from pipeline.model import build_vla
-    from pipeline.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_dtype
 
     torch.manual_seed(cfg.seed)
     model = build_vla(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, device=device)
+    return shard_model(model, cfg, device, mesh)
+
+
+def shard_model(model: Any, cfg: TrainConfig, device: Any, mesh: Any) -> Any:
+    """Activation checkpointing + FSDP2 over ``model.fsdp_units()`` as ``cfg.fsdp`` says."""
+    from pipeline.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_dtype
+
     units = model.fsdp_units()
     apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
     return apply_fsdp(model, mesh, units=units,
