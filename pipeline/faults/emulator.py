@@ -6,7 +6,6 @@ simulates a storage outage.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -26,11 +25,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _emulator_bin() -> str:
-    exe = os.path.join(os.path.dirname(sys.executable), "gcp-storage-emulator")
-    return exe if os.path.exists(exe) else "gcp-storage-emulator"
-
-
 class GcsEmulator:
     """A gcp-storage-emulator process on 127.0.0.1; can be stopped and restarted (fault tests)."""
 
@@ -41,7 +35,8 @@ class GcsEmulator:
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> None:
-        cmd = [_emulator_bin(), "-d", self.data_dir, "start", "--host", "127.0.0.1",
+        # through our launcher: the stock emulator drops a trailing 0x0d byte of uploads
+        cmd = [sys.executable, "-m", "pipeline.faults.emulator_main", "-d", self.data_dir, "start", "--host", "127.0.0.1",
                "--port", str(self.port), "--default-bucket", BUCKET]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
