@@ -35,6 +35,7 @@ import yaml
 from pipeline import fs
 from pipeline.data.yaml_doc import parse_with_lines
 from pipeline.errors import UserError
+from pipeline.resources import mixtures_dir
 
 __all__ = [
     "Mixture",
@@ -47,8 +48,7 @@ __all__ = [
     "mixture_path",
 ]
 
-MIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "dataset_mixtures")
+MIXTURE_DIR = mixtures_dir()
 EPOCH_DEFINITION = ("one epoch = sum_i N_i draws (N_i = curated frames of dataset i); dataset i gets "
                     "share_i of them = share_i * sum N / N_i passes over its frames")
 _TOP_KEYS = ("name", "description", "balance_by_size", "datasets", "overrides")

@@ -47,6 +47,7 @@ from pipeline.data.oxe.spec import ACTION_ENCODINGS, STATE_ENCODINGS, DatasetSpe
 from pipeline.data.oxe.user_spec import SLICE, block_defaults, kind, numel, spec_from_entry
 from pipeline.data.yaml_doc import parse_with_lines
 from pipeline.errors import UserError
+from pipeline.resources import registry_dir
 
 __all__ = [
     "ENV_VAR",
@@ -66,9 +67,7 @@ __all__ = [
 ]
 
 ENV_VAR = "VLA_DATASET_REGISTRY"
-REGISTRY_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))),
-    "dataset_mixtures", "registry")
+REGISTRY_DIR = registry_dir()
 TOP_KEYS = ("name", "version", "description", "source", "features", "infer_from", "splits", "cameras", "depth",
             "state_keys", "state_encoding", "action_encoding", "language_key", "episode_id_key", "control_hz",
             "action", "episode_filters")
