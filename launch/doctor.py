@@ -1,9 +1,10 @@
 """``vla doctor [launch config]``: preflight checks before spending a cluster allocation.
 
-Checks, in order: the launch config, the backend's tools, visible devices, a collective
-(all_reduce over a local gloo group; nccl when enough GPUs are visible), the run dir (write, read
-and delete a probe object), the curated data and statistics of every mixture dataset, and free
-disk. Prints a table ``check | status | detail``; any failure exits 2 naming the first problem.
+Checks, in order: library versions (a warning outside the tested ranges), the launch config, the
+backend's tools, visible devices, a collective (all_reduce over a local gloo group; nccl when enough
+GPUs are visible), the run dir (write, read and delete a probe object), the curated data and
+statistics of every mixture dataset, and free disk. Prints a table ``check | status | detail``; any
+failure exits 2 naming the first problem.
 
 Keys given on the command line win over the launch config file: ``vla doctor
 launch/configs/local_2node.yaml run_dir=gs://bucket/run``.
@@ -94,6 +95,16 @@ def _train_value(cfg: LaunchConfig, key: str, default: str) -> str:
         if k.strip() == key:
             return v.strip()
     return default
+
+
+def check_versions(cfg: DoctorConfig) -> tuple[str, str]:
+    from pipeline.versions import check_versions as versions
+
+    checks = versions()
+    warnings = [c.warning for c in checks if c.warning]
+    if warnings:
+        return WARN, "; ".join(warnings)
+    return OK, ", ".join(f"{c.name} {c.version or 'not installed'}" for c in checks)
 
 
 def check_config(cfg: DoctorConfig) -> tuple[str, str]:
@@ -261,6 +272,7 @@ def check_disk(cfg: DoctorConfig) -> tuple[str, str]:
 
 
 CHECKS: dict[str, Callable[[DoctorConfig], tuple[str, str]]] = {
+    "versions": check_versions,
     "config": check_config,
     "backend": check_backend,
     "devices": check_devices,

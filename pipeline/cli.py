@@ -116,9 +116,7 @@ def run(argv: list[str]) -> int:
         print(_usage())
         return 0
     if argv[0] == "--version":
-        from pipeline import __version__
-
-        print(__version__)
+        _print_version()
         return 0
     name, rest = _find_verb(argv)
     verb = VERBS[name]
@@ -132,6 +130,17 @@ def run(argv: list[str]) -> int:
     cfg = load_config(cls, overrides, config_file)
     code = _resolve(verb.run)(cfg)
     return int(code or 0)
+
+
+def _print_version() -> None:
+    from pipeline import __version__
+    from pipeline.versions import check_versions, version_lines
+
+    checks = check_versions()
+    print("\n".join([f"vla-pipeline {__version__}", *version_lines(checks)]))
+    for check in checks:
+        if check.warning:
+            print(f"warning: {check.warning}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

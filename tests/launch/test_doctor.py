@@ -27,7 +27,7 @@ def test_all_checks_pass_through_the_2node_rendezvous(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0, out
     rows = {line.split()[0]: line.split()[1] for line in out.splitlines()[1:]}
-    assert rows == {"config": "ok", "backend": "ok", "devices": "ok", "collective": "ok", "storage": "ok",
+    assert rows == {"versions": "ok", "config": "ok", "backend": "ok", "devices": "ok", "collective": "ok", "storage": "ok",
                     "data": "skip", "disk": "ok"}
     assert "cpu only" in out and "all_reduce over 2 gloo rank(s) = 3 (expected) (torchrun" in out
     assert not [p for p in os.listdir(tmp_path / "run") if p.startswith(".doctor")]  # probe deleted
@@ -110,3 +110,14 @@ def test_backend_tool_missing(tmp_path, no_collective):
 def test_disk_threshold(tmp_path, no_collective):
     cfg = load_config(DoctorConfig, [f"run_dir={tmp_path}", "min_free_gb=1e9", SYNTHETIC])
     assert _by_name(run_checks(cfg))["disk"].status == "FAIL"
+
+
+def test_versions_outside_the_tested_range_warn_but_pass(tmp_path, capsys, no_collective, monkeypatch):
+    from pipeline import versions
+
+    monkeypatch.setitem(versions.TESTED, "torch", ">=99")  # the installed torch is then "untested"
+    code = main(["doctor", f"run_dir={tmp_path / 'run'}", SYNTHETIC])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    row = next(line for line in out.splitlines() if line.startswith("versions"))
+    assert row.split()[1] == "warn" and "torch" in row and "outside the tested range >=99" in row
