@@ -7,7 +7,7 @@ userinfo (``gs://svc:TOKEN@bucket/...``), a wrong-typed value, an unknown ``*_to
 file with a ``wandb_api_key`` key. Then real commands run:
 
 - ``vla train`` (tiny model, synthetic data, checkpoint uploaded to gs:// on a local GCS emulator,
-  TensorBoard on) as a subprocess;
+  TensorBoard and an offline W&B run on) as a subprocess;
 - error paths: unreachable storage, wrong-typed value (a ``ya29.`` token typed only on the command line), unknown key, bad config file, malformed YAML
   (in-process through ``pipeline.cli.main`` in quick mode, as subprocesses in full mode);
 - full mode also: ``vla curate`` on a tiny fixture with the token-bearing environment (its output and
@@ -15,14 +15,16 @@ file with a ``wandb_api_key`` key. Then real commands run:
   checkpoint on gs:// without the emulator (the fake credentials file is really loaded).
 
 Every output is searched for every planted secret: stdout/stderr, every file of the run dir
-(metrics.jsonl, TensorBoard events, config.yaml, summary.json, checkpoint files), the gs://
-checkpoint (config.yaml etc.), and the curated output (manifest.json, quarantine.json, ...).
+(metrics.jsonl, TensorBoard events, the W&B run under run_dir/wandb, config.yaml, summary.json,
+checkpoint files), the gs:// checkpoint (config.yaml etc.), and the curated output
+(manifest.json, quarantine.json, ...).
 A trial also fails when redaction over-reaches (the saved config lost its non-secret values).
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -36,6 +38,7 @@ from pipeline.faults.core import FaultContext, ScenarioResult, patched_env
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TRAIN = ["data.source=synthetic", "per_device_batch=2", "metrics.progress=false", "metrics.tensorboard=true",
+          "metrics.wandb=true", "metrics.wandb_mode=offline",
           "stop.accuracy=2.0", "model.llm_num_layers=1", "model.vision_depth=1", "stop.max_steps=1",
           "checkpoint.save_every=1"]
 
@@ -169,11 +172,15 @@ def run(ctx: FaultContext) -> ScenarioResult:
             remote_leaks, n_remote = _scan_remote(ckpt, needles)
             saved = fs.read_text(fs.join(ckpt, "step_000001", "config.yaml")) if code == 0 else ""
         problems = leaks + tree_leaks + remote_leaks
+        wandb_runs = glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb"))
+        if code == 0 and len(wandb_runs) != 1:
+            problems.append(f"expected one offline W&B run under {run_dir}/wandb, found {len(wandb_runs)}")
         if code != 0:
             problems.append(f"train failed (exit {code}): {out.strip().splitlines()[-1:] if out.strip() else ''}")
         elif "gs://svc:[REDACTED]@test-bucket/curated" not in saved or f"run_dir: {run_dir}" not in saved:
             problems.append("saved config.yaml lost its non-secret values (over-redaction) or kept the URL token")
-        checked["train"] = {"exit": code, "local_files": n_local, "remote_files": n_remote, "s": round(time.time() - t0, 1)}
+        checked["train"] = {"exit": code, "local_files": n_local, "remote_files": n_remote,
+                            "wandb_runs": len(wandb_runs), "s": round(time.time() - t0, 1)}
         result.trial(not problems, "train: " + "; ".join(problems[:5]))
 
         # 2. error paths: exit 2, one error line, nothing secret in it

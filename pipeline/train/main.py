@@ -339,7 +339,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks) -> dict
         ckpt.load(resume)
         state.epoch = stream_epoch(stream)
     logger = MetricsLogger(cfg.metrics, run_dir=cfg.run_dir, rank=rank, start_step=state.step,
-                           max_steps=cfg.stop.max_steps, dataset_names=names)
+                           max_steps=cfg.stop.max_steps, dataset_names=names,
+                           run_config=files["config.yaml"])
     loop = Loop(model=model, optimizer=optimizer, stream=stream, action_tokenizer=builder.action_tokenizer,
                 state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt,
                 device=device, accum=accum, grad_clip=cfg.optim.grad_clip, world_size=world, rank=rank,

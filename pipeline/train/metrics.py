@@ -3,7 +3,8 @@
 Per micro-batch the loop calls :meth:`StepStats.add` with the loss and the predicted / target
 action token ids; at the end of a step :meth:`StepStats.reduce` sums everything over ranks in one
 ``all_reduce`` and returns plain floats. :class:`MetricsLogger` writes a record per step to
-``run_dir/metrics.jsonl`` and TensorBoard and drives a tqdm bar, all from rank 0 only.
+``run_dir/metrics.jsonl``, hands its scalars to the sinks switched on (TensorBoard, Weights &
+Biases: :mod:`pipeline.train.metric_sinks`) and drives a tqdm bar, all from rank 0 only.
 :class:`MovingAverage` implements the stop rule and is Stateful (checkpointed with the run).
 """
 
@@ -42,10 +43,19 @@ class MetricsConfig:
     tensorboard: bool = field(default=True, metadata={"help": "also write TensorBoard events (rank 0)"})
     progress: bool = field(default=True, metadata={"help": "tqdm progress bar on rank 0"})
     peak_tflops: float = field(default=0.0, metadata={"help": "per-device peak for MFU (0: by GPU name; CPU: no MFU)"})
+    wandb: bool = field(default=False, metadata={"help": "also log to Weights & Biases (rank 0; needs wandb: "
+                                                         "pip install 'vla-pipeline[train]')"})
+    wandb_project: str = field(default="vla-pipeline", metadata={"help": "W&B project"})
+    wandb_entity: str = field(default="", metadata={"help": "W&B entity (team or user); '' = the key's default"})
+    wandb_run_name: str = field(default="", metadata={"help": "W&B run name; '' = the last part of run_dir"})
+    wandb_mode: str = field(default="", metadata={"help": "online | offline (files under run_dir/wandb, "
+                                                           "`wandb sync` later) | disabled; '' = W&B's default"})
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
             raise ValueError(f"metrics.log_every={self.log_every}: must be >= 1")
+        if self.wandb_mode not in ("", "online", "offline", "disabled"):
+            raise ValueError(f"metrics.wandb_mode='{self.wandb_mode}': expected online, offline or disabled")
 
 
 def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float:
@@ -239,15 +249,16 @@ def read_sample_log(path: str) -> dict[int, list[list]]:
 
 
 class MetricsLogger:
-    """metrics.jsonl + TensorBoard + tqdm, active on rank 0 only. ``close()`` is idempotent."""
+    """metrics.jsonl + scalar sinks + tqdm, active on rank 0 only. ``close()`` is idempotent.
+    ``run_config``: the run's saved (redacted) config.yaml text, recorded by sinks that keep one (W&B)."""
 
     def __init__(self, cfg: MetricsConfig, *, run_dir: str, rank: int, start_step: int, max_steps: int,
-                 dataset_names: list[str]) -> None:
+                 dataset_names: list[str], run_config: str = "") -> None:
         self.cfg = cfg
         self.enabled = rank == 0
         self.dataset_names = dataset_names
         self._jsonl = None
-        self._tb = None
+        self._sinks: list = []
         self._bar = None
         if not self.enabled:
             return
@@ -258,9 +269,7 @@ class MetricsLogger:
             _download_if_exists(fs_join(run_dir, "metrics.jsonl"), path)
         _truncate_after(path, start_step)
         self._jsonl = open(path, "a", encoding="utf-8")
-        if cfg.tensorboard:
-            SummaryWriter = _summary_writer_cls()
-            self._tb = SummaryWriter(os.path.join(self._local_dir, "tensorboard"), purge_step=start_step + 1)
+        self._sinks = _build_sinks(cfg, self._local_dir, run_dir, start_step, run_config)
         if cfg.progress:
             from tqdm import tqdm
 
@@ -278,9 +287,9 @@ class MetricsLogger:
             return
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
-        if self._tb is not None:
-            for key, value in _scalars(record, self.dataset_names):
-                self._tb.add_scalar(key, value, step)
+        scalars = list(_scalars(record, self.dataset_names))
+        for sink in self._sinks:
+            sink.write(step, scalars)
 
     @property
     def _remote(self) -> bool:
@@ -291,7 +300,10 @@ class MetricsLogger:
     def close(self) -> None:
         """Close the sinks; a remote run_dir gets the metrics.jsonl of the local mirror."""
         jsonl = self._jsonl
-        for attr in ("_bar", "_tb", "_jsonl"):
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            sink.close()
+        for attr in ("_bar", "_jsonl"):
             obj = getattr(self, attr)
             if obj is not None:
                 obj.close()
@@ -303,17 +315,16 @@ class MetricsLogger:
                 fs.write_bytes(fs.join(self.run_dir, "metrics.jsonl"), f.read())
 
 
-def _summary_writer_cls():
-    """torch's SummaryWriter without importing TensorFlow (~4 s, ~1 GB per rank): TensorBoard's
-    own switch for that is the presence of the ``tensorboard.compat.notf`` module."""
-    import sys
-    import types
+def _build_sinks(cfg: MetricsConfig, local_dir: str, run_dir: str, start_step: int, run_config: str) -> list:
+    from pipeline.train.metric_sinks import TensorBoardSink, WandbSink
 
-    if "tensorflow" not in sys.modules:
-        sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-    from torch.utils.tensorboard import SummaryWriter
-
-    return SummaryWriter
+    sinks: list = []
+    if cfg.tensorboard:
+        sinks.append(TensorBoardSink(os.path.join(local_dir, "tensorboard"), start_step=start_step))
+    if cfg.wandb:
+        name = os.path.basename(run_dir.rstrip("/")) or "run"
+        sinks.append(WandbSink(cfg, local_dir=local_dir, default_name=name, run_config=run_config))
+    return sinks
 
 
 def _scalars(record: dict, names: list[str]):

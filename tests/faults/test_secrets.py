@@ -13,6 +13,7 @@ def test_secrets_quick(tmp_path):
     assert result.ok, (result.failures, result.details)
     checked = result.details["checked"]
     assert checked["train"]["exit"] == 0 and checked["train"]["remote_files"] >= 5
+    assert checked["train"]["wandb_runs"] == 1  # the W&B files were written, and searched
     assert "[REDACTED]" in checked["unreachable_storage"]["error"]
     assert "[REDACTED]" in checked["wrong_type"]["error"]
 
