@@ -14,7 +14,6 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from pipeline.config import config_help, flat_keys, load_config
 from pipeline.errors import UserError
 
 __all__ = ["main", "VERBS", "Verb"]
@@ -77,6 +76,8 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]]:
 
 
 def _to_overrides(verb: Verb, cls: type, args: list[str]) -> tuple[list[str], str | None]:
+    from pipeline.config import flat_keys
+
     bool_keys = {k for k, tp, *_ in flat_keys(cls) if tp == "bool"}
     overrides: list[str] = []
     config_file = None
@@ -118,6 +119,8 @@ def run(argv: list[str]) -> int:
     if argv[0] == "--version":
         _print_version()
         return 0
+    from pipeline.config import config_help, load_config  # omegaconf: not needed by --help/--version
+
     name, rest = _find_verb(argv)
     verb = VERBS[name]
     cls = _resolve(verb.config)

@@ -70,3 +70,19 @@ def test_version_command_warns_outside_the_range():
                        env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
     assert p.returncode == 0, p.stderr
     assert p.stderr.startswith("warning: transformers ") and "outside the tested range <1" in p.stderr
+
+
+def test_version_and_help_need_no_heavy_library():
+    """`vla --version` is what one runs in a broken environment: it reads package metadata only."""
+    code = ("import sys\n"
+            "class Block:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] in ('omegaconf', 'torch', 'transformers', 'ray', 'tensorflow'):\n"
+            "            raise ImportError('blocked ' + name)\n"
+            "sys.meta_path.insert(0, Block())\n"
+            "from pipeline.cli import main\n"
+            "sys.exit(main(['--version']) or main(['--help']))\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=ROOT), timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"vla-pipeline {__version__}\npython ") and "usage: vla <verb>" in p.stdout
