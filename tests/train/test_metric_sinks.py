@@ -18,8 +18,6 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig
 from pipeline.train.metrics import _scalars
 
-pytest.importorskip("wandb", reason="wandb is part of the [train] extra that `make install` installs")
-
 
 def read_wandb_run(path: str) -> tuple[dict[int, dict[str, float]], dict]:
     """(step -> logged scalars, run config) of an offline ``run-*.wandb`` file. The file is W&B's record log: a
