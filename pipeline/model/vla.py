@@ -87,15 +87,21 @@ class VisionEncoder(nn.Module):
         self.image_size = int(self.vit.patch_embed.img_size[0])
         self._mean = tuple(float(v) for v in spec.mean)
         self._std = tuple(float(v) for v in spec.std)
+        # (device, dtype) -> (mean, std) [1,3,1,1]: made once, so a forward never copies host data
+        # to the GPU (a CUDA graph capture forbids that)
+        self._norm_stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def blocks(self) -> list[nn.Module]:
         return list(self.vit.blocks)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,P,C]
-        mean = torch.tensor(self._mean, device=pixel_values.device, dtype=pixel_values.dtype)
-        std = torch.tensor(self._std, device=pixel_values.device, dtype=pixel_values.dtype)
-        x = (pixel_values - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        key = (pixel_values.device, pixel_values.dtype)
+        if key not in self._norm_stats:
+            self._norm_stats[key] = tuple(torch.tensor(v, device=key[0], dtype=key[1]).view(1, 3, 1, 1)
+                                          for v in (self._mean, self._std))
+        mean, std = self._norm_stats[key]
+        x = (pixel_values - mean) / std
         feats = self.vit.forward_features(x)  # [B, prefix + P, C]; norm pruned -> Identity
         return feats[:, self.vit.num_prefix_tokens:]
 
