@@ -166,7 +166,7 @@ class ActionDecoder:
                 self.graph.replay()
             else:
                 self._run()
-        return self.out.cpu().numpy()  # the one host sync of the action
+        return self.out.to("cpu", copy=True).numpy()  # the one host sync; a copy: ``out`` is reused
 
     # -- the action ---------------------------------------------------------------------------------
     def _positions_and_masks(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:

@@ -217,16 +217,20 @@ class VLAPolicy:
         """The float pixels [B, 3, H, W] in [0, 1] the model reads (on the policy's device)."""
         return pixels_from_uint8(torch.from_numpy(self.frames(images)).to(self.device))
 
-    @torch.no_grad()
     def predict_action_ids(self, images: Sequence[Any], instructions: Sequence[str], *,
                            action_dim: int = 7) -> np.ndarray:
-        """int64 [B, action_dim] greedy action token ids. Static cache (default): all frames in one
-        batch, prompts of any lengths; reference path: frames whose prompts have the same token
-        length run as one batch (no padding). Either way results equal one-by-one calls."""
+        """int64 [B, action_dim] greedy action token ids for ``images`` and their instructions."""
         if len(images) != len(instructions):
             raise ValueError(f"predict_actions: {len(images)} images but {len(instructions)} instructions")
-        frames = self.frames(images)
         prompts = [self.prompt_builder.prompt_ids(str(s)) for s in instructions]
+        return self.action_ids(images, prompts, action_dim=action_dim)
+
+    @torch.no_grad()
+    def action_ids(self, images: Sequence[Any], prompts: Sequence[Sequence[int]], *, action_dim: int = 7) -> np.ndarray:
+        """:meth:`predict_action_ids` for prompts given as token ids (BOS first). Static cache
+        (default): all frames in one batch, prompts of any lengths; reference path: frames whose
+        prompts have the same length run as one batch. Either way rows equal one-by-one calls."""
+        frames = self.frames(images)
         if self.decode.static_cache:
             return self._decoder(len(prompts), max(map(len, prompts)) - 1, action_dim)(frames, prompts)
         vis_dtype = next(self.model.vision.parameters()).dtype
@@ -236,9 +240,17 @@ class VLAPolicy:
         out = np.zeros((len(prompts), action_dim), dtype=np.int64)
         for idx in groups.values():
             pixels = pixels_from_uint8(torch.from_numpy(frames[idx]).to(self.device), vis_dtype)
-            ids = torch.tensor([prompts[i] for i in idx], device=self.device)
+            ids = torch.tensor([list(prompts[i]) for i in idx], device=self.device)
             out[idx] = greedy_action_ids(self.model, pixels, ids, action_dim).cpu().numpy()
         return out
+
+    @property
+    def decode_path(self) -> str:
+        """How the last static-cache action ran: "cuda_graph", "eager" (or "reference")."""
+        if not self.decode.static_cache:
+            return "reference"
+        last = next(reversed(self._decoders.values()), None)
+        return "cuda_graph" if last is not None and last.graph is not None else "eager"
 
     def _decoder(self, batch: int, text_len: int, action_dim: int) -> ActionDecoder:
         """The static-cache decoder for this shape (kept: its cache and CUDA graph are reused)."""

@@ -94,9 +94,11 @@ def test_no_host_sync_inside_an_action_and_reused_buffers():
     with torch.no_grad(), _NoHostSync():
         decoder._run()  # what a CUDA graph captures: vision, prefill and every decode step
     np.testing.assert_array_equal(decoder.out.numpy(), expected)
-    # the decoder (static cache, buffers) is kept per shape and a call after another shape is clean
+    # the decoder (static cache, buffers) is kept per shape, a later call leaves earlier answers alone
+    first = policy.predict_action_ids(images, instructions)
     policy.predict_action_ids(images[::-1], instructions[::-1])
     assert policy._decoder(3, decoder.text_len, 7) is decoder
+    np.testing.assert_array_equal(first, expected)
     np.testing.assert_array_equal(policy.predict_action_ids(images, instructions), expected)
     with pytest.raises(ValueError, match="at most"):
         decoder(frames, [prompts[0] + [5] * 40] * 3)
