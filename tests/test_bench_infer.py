@@ -52,6 +52,7 @@ def test_smoke_prints_one_json_line_on_the_gpu_machines_software():
     assert result["torch"] == torch.__version__ and result["transformers"]
     for mode in ("fp32", "bf16"):
         assert result[f"{mode}_hz"] > 0 and result[f"{mode}_latency_ms"] > 0 and result[f"{mode}_decode"] == "eager"
+        assert result[f"{mode}_pixels_equal"] is True
         assert result["speed"][mode]["params"] > 0
     assert result["fp32_plain_hz"] > 0 and result["speed"]["fp32"]["plain_agreement"] == 1.0
     for style in ("json_numpy", "jpeg"):

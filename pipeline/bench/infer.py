@@ -4,7 +4,8 @@ each mode picks the plain bf16 path's action tokens, and the server's overhead b
 Needs a CUDA GPU (on CPU it prints one line and exits 2; ``--smoke`` runs the tiny preset on the
 CPU in fp32/bf16 to exercise every code path). Prints ONE JSON line: ``<mode>_hz``,
 ``<mode>_latency_ms``, ``<mode>_peak_mem_gib``, ``<mode>_decode`` (cuda_graph | eager) per mode,
-``<mode>_plain_hz`` / ``<mode>_plain_latency_ms`` for ``--plain-modes``, ``<mode>_token_agreement``,
+``<mode>_pixels_equal`` (device-scaled pixels bit-equal to the stream's scaling), ``<mode>_plain_hz``
+/ ``<mode>_plain_latency_ms`` for ``--plain-modes``, ``<mode>_token_agreement``,
 ``serve_<style>_overhead_ms`` beside ``serve_<style>_model_ms``, ``torch`` / ``transformers`` /
 ``bitsandbytes`` versions, ``device`` (+ details under ``speed``, ``agreement``, ``serve``).
 
@@ -18,6 +19,7 @@ cached decode steps, ids back on the host. ``hz`` = actions per second over ``--
 calls after ``--warmup`` (the first call captures the CUDA graph); ``peak_mem_gib`` = peak
 allocated GPU memory while serving them (weights included); ``weights_gib`` = allocated after
 loading; ``plain_*``: the same calls through the reference decoder (HF forward + DynamicCache).
+``--compile`` / ``--sdpa``: the fast decoder's :class:`~pipeline.model.decode.DecodeOptions`.
 
 Agreement: the demo model (tiny preset) trained here on the fixture scene for ``--train-steps``,
 exported and loaded back through ``VLAPolicy.from_pretrained``; the reference is its plain
@@ -82,10 +84,10 @@ def _camera_frames(n: int, height: int, width: int, seed: int = 0) -> list[np.nd
             for _ in range(n)]
 
 
-def _random_policy(preset: str, mode: str, device: Any) -> Any:
+def _random_policy(preset: str, mode: str, device: Any, decode: Any = None) -> Any:
     """A ``VLAPolicy`` around the preset with random weights in ``mode`` on ``device`` (Llama-2 vocab
     + <PAD>; the demo text tokenizer, whose ids all fit that vocab)."""
-    from pipeline.inference import VLAPolicy
+    from pipeline.inference import DecodeOptions, VLAPolicy
     from pipeline.model import ActionPromptBuilder, ActionTokenizer, VLAConfig, build_demo_tokenizer, build_vla
     from pipeline.model.quantize import GPU_MODES, compute_dtype, default_dtype, quantize_llm_linears_
 
@@ -97,7 +99,8 @@ def _random_policy(preset: str, mode: str, device: Any) -> Any:
         quantize_llm_linears_(model, mode, device)
     tok = build_demo_tokenizer([SERVE_INSTRUCTION])
     at = ActionTokenizer(base_vocab_size=int(tok.vocab_size))
-    return VLAPolicy(model, tok, at, ActionPromptBuilder(tok, at), {}, mode, f"random {preset}", device)
+    return VLAPolicy(model, tok, at, ActionPromptBuilder(tok, at), {}, mode, f"random {preset}", device,
+                     decode=decode or DecodeOptions())
 
 
 def _time_actions(policy: Any, frames: list, prompt: list[int], *, warmup: int, actions: int,
@@ -126,19 +129,22 @@ def _speed(args: argparse.Namespace, mode: str, device: Any) -> dict:
     from pipeline.model.quantize import check_mode
 
     check_mode(mode, device)
-    policy = _random_policy(args.preset, mode, device)
+    policy = _random_policy(args.preset, mode, device, DecodeOptions(compile=args.compile, sdpa_backend=args.sdpa))
     _free(device)
     weights = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else 0.0
     rng = np.random.default_rng(0)
     prompt = [1, *map(int, rng.integers(3, 32000 - 256, size=args.prompt_tokens - 1))]  # BOS + text
     frames = _camera_frames(4, *args.frame)
     start = time.perf_counter()
-    policy.frames(frames)
+    uint8 = policy.frames(frames)
     preprocess_ms = 1e3 * (time.perf_counter() - start) / len(frames)
+    stream = uint8.transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1.0 / 255.0)  # the stream's scaling
+    pixels_equal = bool(np.array_equal(policy.pixel_values(frames).cpu().numpy(), stream))  # scaled on the device
     seconds, peak = _time_actions(policy, frames, prompt, warmup=args.warmup, actions=args.actions, device=device)
     out = {"hz": round(1.0 / seconds, 3), "latency_ms": round(1e3 * seconds, 2), "peak_mem_gib": round(peak, 2),
            "weights_gib": round(weights, 2), "params": policy.model.num_params(), "decode": policy.decode_path,
-           "preprocess_ms": round(preprocess_ms, 2), "frame": list(args.frame)}
+           "preprocess_ms": round(preprocess_ms, 2), "frame": list(args.frame), "pixels_equal": pixels_equal,
+           "compile": args.compile, "sdpa": args.sdpa}
     if mode in args.plain_modes:
         plain = dataclasses.replace(policy, decode=DecodeOptions(static_cache=False))
         seconds, _ = _time_actions(plain, frames, prompt, warmup=1, actions=max(1, args.actions // 5), device=device)
@@ -310,6 +316,8 @@ def _agreement(args: argparse.Namespace, device: Any) -> dict:
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
+    from pipeline.model.decode import SDPA_BACKENDS
+
     p = argparse.ArgumentParser(prog="python -m pipeline.bench.infer", description=__doc__.splitlines()[0])
     p.add_argument("--preset", default="7b", help="model preset timed for speed (random weights)")
     p.add_argument("--modes", default="bf16,int8,int4", help="precisions timed for speed ('' = none)")
@@ -319,6 +327,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--reference", default="bf16", help="precision of the plain-decoder reference tokens")
     p.add_argument("--compare", default="int4,int8", help="precisions compared with the reference")
     p.add_argument("--no-agreement", action="store_true", help="skip the demo-model agreement (speed only)")
+    p.add_argument("--compile", action="store_true", help="fast decoder: torch.compile the per-layer blocks")
+    p.add_argument("--sdpa", default="auto", choices=SDPA_BACKENDS, help="fast decoder's SDPA backend")
     p.add_argument("--actions", type=int, default=50, help="timed actions per mode")
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--prompt-tokens", type=int, default=24, help="text tokens of the prompt (BOS included)")
@@ -347,7 +357,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def _flatten(speed: dict, agreement: dict) -> dict:
     flat: dict = {}
     for mode, s in speed.items():
-        for key in ("hz", "latency_ms", "peak_mem_gib", "decode", "plain_hz", "plain_latency_ms"):
+        for key in ("hz", "latency_ms", "peak_mem_gib", "decode", "pixels_equal", "plain_hz", "plain_latency_ms"):
             if key in s:
                 flat[f"{mode}_{key}"] = s[key]
         for style in ("json_numpy", "jpeg"):
