@@ -88,7 +88,13 @@ def _random_policy(preset: str, mode: str, device: Any, decode: Any = None) -> A
     """A ``VLAPolicy`` around the preset with random weights in ``mode`` on ``device`` (Llama-2 vocab
     + <PAD>; the demo text tokenizer, whose ids all fit that vocab)."""
     from pipeline.inference import DecodeOptions, VLAPolicy
-    from pipeline.model import ActionPromptBuilder, ActionTokenizer, VLAConfig, build_demo_tokenizer, build_vla
+    from pipeline.model import (
+        ActionPromptBuilder,
+        ActionTokenizer,
+        VLAConfig,
+        build_demo_tokenizer,
+        build_vla,
+    )
     from pipeline.model.quantize import GPU_MODES, compute_dtype, default_dtype, quantize_llm_linears_
 
     dtype = compute_dtype(mode)
