@@ -15,8 +15,9 @@ import dataclasses
 import pytest
 import torch
 import torch.distributed as dist
-from torch.utils._pytree import tree_flatten, tree_unflatten
+from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+from train_helpers import pytree_grad_tensors, use_torch_2_11_output_walk
 
 from pipeline.errors import UserError
 from pipeline.model import ActionPromptBuilder, VLAConfig, build_demo_tokenizer, build_vla
@@ -84,31 +85,9 @@ def _assert_matches_reference(model, batch, reference, steps=2):
 
 
 # -- torch 2.11's output walk -------------------------------------------------------------------------
-def _pytree_grad_tensors(tree):
-    return tuple(t for t in tree_flatten(tree)[0] if torch.is_tensor(t) and t.requires_grad)
-
-
-def _pytree_replace_grad_tensors(tree, replacements):
-    leaves, spec = tree_flatten(tree)
-    return tree_unflatten([next(replacements) if torch.is_tensor(t) and t.requires_grad else t for t in leaves],
-                          spec)
-
-
 @pytest.fixture()
 def torch_2_11_output_walk(monkeypatch):
-    """FSDP2 finds the tensors of a module's output (its pre-backward hook) and inputs (its
-    post-backward hook) as torch 2.11 does: pytree ``tree_flatten`` only. Newer torch walks
-    dataclasses too (``collect_grad_tensors``); here that walk is put back to the pytree one. On a
-    torch that still has the pytree walk, nothing needs patching."""
-    from torch.distributed.fsdp._fully_shard import _fsdp_param_group, _fsdp_state
-
-    if not hasattr(_fsdp_state, "collect_grad_tensors"):
-        assert hasattr(_fsdp_state, "tree_flatten")  # this torch walks with pytree natively
-        return
-    monkeypatch.setattr(_fsdp_state, "collect_grad_tensors", _pytree_grad_tensors)
-    if hasattr(_fsdp_param_group, "collect_grad_tensors"):
-        monkeypatch.setattr(_fsdp_param_group, "collect_grad_tensors", _pytree_grad_tensors)
-        monkeypatch.setattr(_fsdp_param_group, "replace_grad_tensors", _pytree_replace_grad_tensors)
+    use_torch_2_11_output_walk(monkeypatch)
 
 
 def test_pytree_walk_hides_dataclass_tensors():
@@ -119,8 +98,8 @@ def test_pytree_walk_hides_dataclass_tensors():
         loss: torch.Tensor
 
     loss = torch.ones((), requires_grad=True) * 2
-    assert _pytree_grad_tensors(Out(loss)) == ()
-    assert _pytree_grad_tensors((loss,)) == (loss,)
+    assert pytree_grad_tensors(Out(loss)) == ()
+    assert pytree_grad_tensors((loss,)) == (loss,)
 
 
 def test_root_resharded_backward_under_torch_2_11_walk(tokenizer, batch, mesh, reference, torch_2_11_output_walk):
@@ -185,3 +164,20 @@ def test_grouped_units_share_one_fsdp_state(tokenizer, mesh):
 def test_bad_fsdp_values_name_the_key(key, value):
     with pytest.raises(UserError, match=f"fsdp.{key}="):
         FSDPConfig(**{key: value})
+
+
+def test_vla_train_with_levers_gives_the_plain_losses(tmp_path):
+    """The levers reach `vla train` as fsdp.* keys and leave the (deterministic CPU) run unchanged."""
+    from train_helpers import BASE, check, losses, run_train
+
+    levers = ["fsdp.activation_checkpointing=op", "fsdp.blocks_per_unit=2", "fsdp.reshard_root=true",
+              "fsdp.sdpa_backend=math", "fsdp.reshard_after_forward=false"]
+    runs = {}
+    for name, extra in (("plain", []), ("levers", levers)):
+        run_dir = str(tmp_path / name)
+        check(run_train([*BASE, f"run_dir={run_dir}", "stop.max_steps=3",
+                         "model.llm_num_layers=2", "model.vision_depth=2", *extra], nproc=1))
+        runs[name] = losses(run_dir)
+    assert list(runs["plain"]) == [1, 2, 3]
+    for step, loss in runs["plain"].items():
+        assert runs["levers"][step] == pytest.approx(loss, rel=1e-4)
