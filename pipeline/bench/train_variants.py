@@ -38,25 +38,25 @@ def _ours(name: str, note: str, **kw: Any) -> Variant:
     return Variant(name=name, fsdp=fsdp, note=note, **extra)
 
 
-VARIANTS: dict[str, Variant] = {v.name: v for v in (
+VARIANTS: dict[str, Variant] = {v.name: v for v in (  # in the order `--variants all` runs them: most telling first
     Variant(name="baseline", kind="baseline", note="HF eager, full AC, plain bf16 module, full logits"),
     _ours("default", "FSDPConfig defaults: what `vla train` runs"),
-    Variant(name="nofsdp", kind="nofsdp", note="plain bf16 module, no AC, no FSDP2 (diagnostic)"),
-    _ours("ac_selective", "checkpoint every 2nd block", activation_checkpointing="selective"),
-    _ours("ac_op", "every block, recompute all but matmuls/attention", activation_checkpointing="op"),
-    _ours("ac_full", "checkpoint every block", activation_checkpointing="full"),
+    _ours("reshard_root", "root resharded after forward too (crashed on torch 2.11 before the fix)",
+          reshard_root=True),
+    _ours("sdpa_cudnn", "cuDNN attention first", sdpa_backend="cudnn"),
+    _ours("sdpa_flash", "flash attention first", sdpa_backend="flash"),
     _ours("units_2", "2 blocks per FSDP unit", blocks_per_unit=2),
     _ours("units_4", "4 blocks per FSDP unit", blocks_per_unit=4),
     _ours("no_reshard", "blocks keep gathered params until backward", reshard_after_forward=False),
-    _ours("reshard_root", "root resharded after forward too (crashed on torch 2.11 before the fix)",
-          reshard_root=True),
-    _ours("compile", "torch.compile (inductor) per block", compile="inductor"),
-    _ours("sdpa_flash", "flash attention first", sdpa_backend="flash"),
-    _ours("sdpa_cudnn", "cuDNN attention first", sdpa_backend="cudnn"),
-    _ours("sdpa_efficient", "memory-efficient attention first", sdpa_backend="efficient"),
+    _ours("ac_op", "every block, recompute all but matmuls/attention", activation_checkpointing="op"),
+    _ours("ac_selective", "checkpoint every 2nd block", activation_checkpointing="selective"),
     _ours("full_logits", "LM head at every position (without the supervised-positions lever)",
           full_logits=True),
+    _ours("compile", "torch.compile (inductor) per block", compile="inductor"),
+    Variant(name="nofsdp", kind="nofsdp", note="plain bf16 module, no AC, no FSDP2 (diagnostic)"),
     _ours("fp32_master", "fp32 sharded params, bf16 compute (the dtypes of `vla train`)", fp32_master=True),
+    _ours("ac_full", "checkpoint every block", activation_checkpointing="full"),
+    _ours("sdpa_efficient", "memory-efficient attention first", sdpa_backend="efficient"),
     _ours("float8", "torchao float8 (tensorwise) in the LLM's linear layers; reported apart from bf16",
           float8=True),
 )}

@@ -18,7 +18,9 @@ BASE = [
 
 def env() -> dict:
     e = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    e.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    # the checkout first; what the caller adds stays (the GPU session script's unpacked wheels)
+    path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != ROOT]
+    e.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path), TF_CPP_MIN_LOG_LEVEL="3")
     return e
 
 
