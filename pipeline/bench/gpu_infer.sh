@@ -6,26 +6,30 @@
 #
 # Runs from the repo root with PYTHONPATH=. on the GPU machine's own software (torch 2.11,
 # transformers 5.17; no omegaconf/ray/tensorflow/gcsfs there, and the bench needs none of them).
-# bitsandbytes (int8/int4) is not there either: bring its wheel (43 MB; `.whl/` is git-ignored):
+# bitsandbytes (int8/int4) is not there either: bring its wheel (43 MB; the wheel is py3-none with
+# its CUDA kernels inside, so it is unzipped onto PYTHONPATH, no pip needed there). Put it in
+# `.whl/` (git-ignored) or beside gpu_prepare.sh's wheels in $BUNDLE/wheels, and carry that folder:
 #   here, once: python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #                 --implementation cp --platform manylinux_2_24_x86_64 -d .whl bitsandbytes==0.50.2
 #   device run: command="bash pipeline/bench/gpu_infer.sh", carry=[".whl"], timeout_s=600
 # Without it the int8/int4 runs record "quantization=... needs the bitsandbytes package" and the
-# bf16 runs still measure. GPU_INFER_BUDGET_S (default 540) caps the whole script: a run whose
-# timeout would overshoot it is skipped (recorded with "skipped": true).
+# bf16 runs still measure. BUDGET_S (default 540) caps the whole script: a run whose timeout would
+# overshoot it is skipped (recorded with "skipped": true).
 set -u
-OUT=${OUT:-/tmp/gpu_infer}
-BUDGET=${GPU_INFER_BUDGET_S:-540}
+OUT=${OUT:-runs/gpu_infer}
+BUNDLE=${BUNDLE:-build/gpu_bundle}
+BUDGET=${BUDGET_S:-540}
+PY=${PY:-python3}
 mkdir -p "$OUT"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if ls .whl/bitsandbytes-*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/bitsandbytes-*.whl \
-    && export PYTHONPATH="$PYTHONPATH:/tmp/site"
-fi
+site=$(mktemp -d)
+for wheel in .whl/bitsandbytes-*.whl "$BUNDLE"/wheels/bitsandbytes-*.whl; do
+  [ -e "$wheel" ] && "$PY" -m zipfile -e "$wheel" "$site"
+done
+export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
 
 record() {  # name rc seconds skipped json-line -> one line of bench_infer.jsonl
-  python3 - "$@" >> "$OUT/bench_infer.jsonl" <<'EOF'
+  "$PY" - "$@" >> "$OUT/bench_infer.jsonl" <<'EOF'
 import json, sys
 name, rc, seconds, skipped, line = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1", sys.argv[5]
 try:
@@ -46,7 +50,7 @@ run() {  # name timeout_s bench-args...
     return
   fi
   echo "=== $name: python -m pipeline.bench.infer $* (timeout ${limit}s)" >> "$OUT/runs.log"
-  timeout --kill-after=10 "$limit" python3 -m pipeline.bench.infer "$@" > /tmp/gpu_infer_run.json 2>> "$OUT/runs.log"
+  timeout --kill-after=10 "$limit" "$PY" -m pipeline.bench.infer "$@" > /tmp/gpu_infer_run.json 2>> "$OUT/runs.log"
   rc=$?
   line=$(tail -n 1 /tmp/gpu_infer_run.json 2>/dev/null)
   record "$name" "$rc" "$((SECONDS - start))" 0 "$line"
