@@ -97,12 +97,16 @@ def resize_rgb(rgb: Any, size: tuple[int, int], box: tuple[float, float, float, 
     return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_resize(data: bytes, size: tuple[int, int], augment: AugmentParams | None = None) -> np.ndarray:
-    """Decode ``data`` and resize to ``size`` = (H, W); returns uint8 [H, W, 3]. Raises on bad bytes."""
+def _decode_rgb(data: bytes) -> Any:
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as img:
-        rgb = img.convert("RGB")
+        return img.convert("RGB")
+
+
+def decode_resize(data: bytes, size: tuple[int, int], augment: AugmentParams | None = None) -> np.ndarray:
+    """Decode ``data`` and resize to ``size`` = (H, W); returns uint8 [H, W, 3]. Raises on bad bytes."""
+    rgb = _decode_rgb(data)
     box = None if augment is None else crop_box(*rgb.size, augment.crop_x, augment.crop_y)
     return resize_rgb(rgb, size, box)
 
@@ -113,8 +117,7 @@ def prepare_image(image: Any, size: tuple[int, int], *, center_crop: bool = Fals
     from PIL import Image
 
     if isinstance(image, (bytes, bytearray, memoryview)):
-        with Image.open(io.BytesIO(bytes(image))) as img:
-            rgb = img.convert("RGB")
+        rgb = _decode_rgb(bytes(image))
     elif hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
         rgb = image.convert("RGB")
     else:
