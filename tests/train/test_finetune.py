@@ -268,6 +268,21 @@ def test_openvla_layout_base(base, data, tmp_path):
     assert summary["steps"] == 2 and summary["base"] == ov
     init = summary["init"]
     assert init["sources"] == {"base": ov} and init["loaded"] > 0 and init["missing"] == init["unexpected"] == []
+    # the LoRA checkpoint back in OpenVLA's layout, its adapters named after OpenVLA's modules
+    out, adapter = str(tmp_path / "ft_openvla"), str(tmp_path / "adapter")
+    export_checkpoint(summary["last_checkpoint"], out, fmt="openvla", adapter=adapter)
+    weights = fs.read_json(os.path.join(out, "model.safetensors.index.json"))["weight_map"] if os.path.exists(
+        os.path.join(out, "model.safetensors.index.json")) else _keys(os.path.join(out, "model.safetensors"))
+    targets = fs.read_json(os.path.join(adapter, "adapter_config.json"))["target_modules"]
+    assert targets and all(t.startswith("language_model.model.layers.") and f"{t}.weight" in weights for t in targets)
+    assert not any("lora" in k for k in weights)
+
+
+def _keys(path: str) -> list[str]:
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        return list(f.keys())
 
 
 @pytest.mark.slow
