@@ -46,8 +46,9 @@ def under_torchrun() -> bool:
 def validate(cfg: TrainConfig, world_size: int) -> int:
     """Check user input before anything is written; returns the grad-accumulation steps."""
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
+    weights = [(f"model.init.{k}", v) for k, v in cfg.model.init.sources.items()]
     for key, url in (("run_dir", cfg.run_dir), ("checkpoint.dir", cfg.checkpoint_root), ("data.data_root",
-                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume)):
+                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume), *weights):
         _check_location(key, url)
     if cfg.data.source == "stream":
         _check_data(cfg)
