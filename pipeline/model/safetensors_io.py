@@ -17,7 +17,7 @@ import re
 import shutil
 import struct
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -197,9 +197,3 @@ def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], out_url: str, *, 
     if len(names) > 1:
         fs.write_json(fs.join(out_url, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})
     return names + ([INDEX_FILE] if len(names) > 1 else [])
-
-
-def iter_state(state: dict[str, torch.Tensor]) -> Iterator[tuple[str, torch.Tensor]]:
-    """``state`` items in key order (stable shard contents)."""
-    for key in state:
-        yield key, state[key]
