@@ -1,4 +1,4 @@
-"""One-call inference from a ``VLA.save_pretrained`` export: image + instruction -> 7-D action.
+"""One-call inference from a ``vla export`` folder or an OpenVLA checkpoint: image + instruction -> 7-D action.
 
     policy = VLAPolicy.from_pretrained("gs://bucket/run/export", quantization="bf16")
     action = policy.predict_action(image_uint8_hwc, "pick up the block", unnorm_key="bridge_orig")

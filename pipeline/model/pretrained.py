@@ -16,6 +16,7 @@ what was loaded.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -38,6 +39,7 @@ STATS_FILE = "dataset_statistics.json"
 TRAIN_CONFIG_FILE = "train_config.yaml"
 FORMAT_VERSION = 2  # 1: one fp32 model.safetensors; 2: any dtype, sharded or not, model card
 _READS = (1, 2)
+log = logging.getLogger("pipeline.model")
 _HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.yaml", "README.md"]
 
 
@@ -239,4 +241,5 @@ def load_pretrained_vla(url: str, *, dtype: torch.dtype = torch.float32, device:
         model = VLA(d.vla_config)
     report = LoadReport()
     load_model_dir_into(model, d, report, key=key)
+    log.info("%s (%s layout): %s", key, d.format, report.line())
     return PretrainedVLA(model, d.tokenizer, d.norm_stats, d.train_config, d.format, report, url)

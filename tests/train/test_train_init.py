@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pipeline import fs
+from pipeline.errors import UserError
 
 ARGS = ["data.source=synthetic", "per_device_batch=4", "metrics.progress=false", "metrics.tensorboard=false",
         "stop.accuracy=2.0", "model.llm_num_layers=1", "model.vision_depth=1", "checkpoint.save_every=1000"]
@@ -101,6 +102,12 @@ def test_init_vla_takes_model_and_tokenizer_from_the_checkpoint(sources, tmp_pat
     assert saved["llm_num_layers"] == 2 and saved["vocab_size"] == len(tok)  # from the checkpoint, not ARGS
     saved_tok = load_text_tokenizer(os.path.join(summary["last_checkpoint"], "tokenizer"))
     assert saved_tok.get_vocab() == tok.get_vocab()  # the checkpoint's tokenizer, not the run's demo one
+    # another tokenizer given on purpose: refused in one line before anything is written
+    build_demo_tokenizer(["x"], text_vocab_size=600, out_dir=str(tmp_path / "other_tok"))
+    with pytest.raises(UserError, match=r"the checkpoint has 832 token rows but the model was built with 896"):
+        train(_cfg([f"model.init.vla={tmp_path / 'openvla'}", f"data.tokenizer={tmp_path / 'other_tok'}",
+                    f"run_dir={tmp_path / 'run2'}", "stop.max_steps=1"]))
+    assert not (tmp_path / "run2").exists()
 
 
 def test_mismatches_are_one_line_and_write_nothing(sources, tmp_path, capsys):
