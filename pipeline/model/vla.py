@@ -11,8 +11,7 @@ runs only at positions whose shifted label != -100 ("fast path": same loss, far 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,13 @@ from pipeline.model.tokenizer import ActionTokenizer
 __all__ = ["VLA", "VLAOutput", "VisionEncoder", "action_metrics", "build_vla"]
 
 
-@dataclass
-class VLAOutput:
+class VLAOutput(NamedTuple):
     """Result of ``VLA.forward``.
+
+    A NamedTuple, not a dataclass: FSDP2 finds the output tensors that need its pre-backward hook
+    (which gathers the root's parameters again after reshard-after-forward) by walking the
+    output, and torch 2.11's walk (pytree ``tree_flatten``) does not look inside unregistered
+    dataclasses; every torch version walks NamedTuples.
 
     loss: scalar mean cross-entropy over supervised (label != -100) tokens, or None without labels.
     logits: fast path: [N, V] at the N supervised positions (row order = ``targets``); full path
@@ -215,16 +218,20 @@ class VLA(nn.Module):
     compute_metrics = staticmethod(action_metrics)
 
     # -- parallelism / accounting ----------------------------------------------------------------
+    def block_segments(self) -> list[list[nn.Module]]:
+        """The blocks, in forward order, as runs that execute back to back: each vision
+        encoder's blocks, the projector, the LLM decoder layers. Per-block wrappers (activation
+        checkpointing, compile) apply to every block; FSDP units group blocks within one run."""
+        segments = [list(enc.blocks) for enc in self.vision]
+        segments.append([self.projector])
+        segments.append(list(self.llm.model.layers))
+        return segments
+
     def fsdp_units(self) -> list[nn.Module]:
         """Submodules to ``fully_shard`` individually (then shard the root): every vision block,
         the projector, every LLM decoder layer. Embeddings, final norm, LM head, patch embeds
         stay with the root."""
-        units: list[nn.Module] = []
-        for enc in self.vision:
-            units.extend(enc.blocks)
-        units.append(self.projector)
-        units.extend(self.llm.model.layers)
-        return units
+        return [block for segment in self.block_segments() for block in segment]
 
     def num_params(self, *, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count (``exclude_embeddings`` drops the input embedding table)."""
