@@ -42,8 +42,9 @@ test: install
 # they load, come from .venv through a .pth file, so nothing but torch differs from `make test`.
 COMPAT_VENV  ?= .venv-compat
 COMPAT_TORCH ?= torch==2.11.0 torchvision==0.26.0
-COMPAT_TESTS ?= tests/model tests/train/test_train_units.py tests/train/test_train_fsdp.py \
-                tests/train/test_train_accum.py tests/train/test_train_resume.py tests/train/test_finetune.py
+COMPAT_TESTS ?= tests/model tests/train/test_train_units.py tests/train/test_torch_api.py \
+                tests/train/test_parallel.py tests/train/test_train_fsdp.py tests/train/test_train_accum.py \
+                tests/train/test_train_resume.py tests/train/test_finetune.py
 COMPAT_BIN   := $(COMPAT_VENV)/bin
 COMPAT_STAMP := $(COMPAT_VENV)/.installed-$(shell echo $(COMPAT_TORCH) | sha1sum | cut -c1-12)
 
