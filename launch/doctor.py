@@ -224,7 +224,7 @@ def check_data(cfg: DoctorConfig) -> tuple[str, str]:
     if _train_value(cfg, "data.source", "stream") == "synthetic":
         return SKIP, "data.source=synthetic (no curated data read)"
     from pipeline.data.manifest import curated_dir, read_manifest
-    from pipeline.data.mixtures import load_mixture
+    from pipeline.data.mixture.files import load_mixture
 
     curated = _train_value(cfg, "data.curated", cfg.curated or "curated")
     mixture = load_mixture(_train_value(cfg, "data.mixture", cfg.mixture or "demo"))

@@ -51,7 +51,7 @@ def _last_json(proc: subprocess.CompletedProcess) -> dict:
 
 def stream_demo(curated: str, batches: int = 300) -> dict:
     """Iterate `batches` batches of the curated demo mixture; report throughput and diversity."""
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.config import TrainConfig
     from pipeline.train.main import build_tokenizer

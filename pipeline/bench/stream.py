@@ -88,12 +88,12 @@ def write_curated_dataset(root: str, name: str, *, episode_lengths: list[int], s
                           quality: int = 90, seed: int = 0) -> str:
     """Write a curated-format dataset (contracts.md) at ``<root>/<name>/1.0.0``; returns its URL.
 
-    Writes the shards with ``pipeline.data.rlds.write_shard``, ``manifest.json`` and
+    Writes the shards with ``pipeline.data.io.rlds.write_shard``, ``manifest.json`` and
     ``dataset_statistics.json`` (OpenVLA format, computed from the written actions). No tfds
     metadata (``dataset_info.json``) is written: the stream does not need it.
     """
-    from pipeline.data.curate_tasks import curated_features
-    from pipeline.data.rlds import write_shard
+    from pipeline.data.curate.tasks import curated_features
+    from pipeline.data.io.rlds import write_shard
 
     url = fs.join(root, name, "1.0.0")
     rng = np.random.default_rng([seed, sum(map(ord, name))])
@@ -135,8 +135,8 @@ def _distinct(metas: list[list]) -> float:
 
 
 def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
-    from pipeline.data.mixtures import Mixture
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import Mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
     from pipeline.model.prompt import ActionPromptBuilder
     from pipeline.model.text_tokenizer import build_demo_tokenizer
 
@@ -233,7 +233,7 @@ def bridge_scale_diversity(buffer_gib: float, *, batches: int = 200, batch: int 
     60,064 episodes of 25-46 frames (~2.1M frames, like bridge_orig), ~20 KB per encoded frame, the
     shuffle window our stream derives from ``buffer_gib`` (world size 1), 4 shards of 15,016 episodes.
     """
-    from pipeline.data.sampling import DatasetLayout, pass_order
+    from pipeline.data.stream.plan import DatasetLayout, pass_order
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(25, 47, size=60_064)

@@ -47,7 +47,7 @@ STREAM_FAULTS = {"stream_bad_jpeg": 0, "stream_flipped_bytes": 1, "stream_trunca
 
 # ------------------------------------------------------------------------------------------ byte surgery
 def _split_records(data: bytes) -> list[bytes]:
-    from pipeline.data.tfrecord import read_records
+    from pipeline.data.io.tfrecord import read_records
 
     return list(read_records(io.BytesIO(data)))
 
@@ -60,7 +60,7 @@ def _flip(framed: bytes, offset: int) -> bytes:
 
 
 def _without(record: bytes, key: str) -> bytes:
-    from pipeline.data.tfrecord import decode_example, encode_example
+    from pipeline.data.io.tfrecord import decode_example, encode_example
 
     ex = decode_example(record)
     del ex[key]
@@ -68,7 +68,7 @@ def _without(record: bytes, key: str) -> bytes:
 
 
 def _with_images(record: bytes, key: str, data: bytes) -> bytes:
-    from pipeline.data.tfrecord import decode_example, encode_example
+    from pipeline.data.io.tfrecord import decode_example, encode_example
 
     ex = decode_example(record)
     ex[key] = [data] * len(ex[key])
@@ -78,8 +78,8 @@ def _with_images(record: bytes, key: str, data: bytes) -> bytes:
 def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
     """Copy ``DATASET`` from ``raw`` to ``root`` as 3 shards with ``SOURCE_FAULTS``; returns kind -> (shard, record)."""
     from pipeline import fs
-    from pipeline.data.rlds import encode_episode, open_builder, read_episodes
-    from pipeline.data.tfrecord import frame_record
+    from pipeline.data.io.rlds import encode_episode, open_builder, read_episodes
+    from pipeline.data.io.tfrecord import frame_record
 
     src = open_builder(fs.join(raw, DATASET))
     eps = [e for s in src.splits["train"] for e in read_episodes(s.url, src.features)]
@@ -112,7 +112,7 @@ def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
 
 def corrupt_curated(shard_paths: list[str], kinds: tuple[str, ...]) -> dict[str, tuple[str, int]]:
     """Apply ``STREAM_FAULTS`` of ``kinds`` to local curated shards; returns kind -> (shard, record)."""
-    from pipeline.data.tfrecord import frame_record
+    from pipeline.data.io.tfrecord import frame_record
 
     done = {}
     for kind in kinds:
@@ -138,8 +138,8 @@ def corrupt_curated(shard_paths: list[str], kinds: tuple[str, ...]) -> dict[str,
 # ------------------------------------------------------------------------------------------ part 1
 def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str:
     from pipeline.config import load_config
-    from pipeline.data.curate import CurateConfig, curate
-    from pipeline.data.rlds import open_builder
+    from pipeline.data.curate.job import CurateConfig, curate
+    from pipeline.data.io.rlds import open_builder
     from pipeline.faults.curation_kill import ray_session
 
     faulty = ctx.path("faulty")
@@ -192,10 +192,10 @@ class _Builder:
 
 def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], int]:
     """One epoch of the training stream: (stats, warnings, batches); raises if the stream does."""
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     handler = WarningLines()
-    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.rlds")]
+    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.io.rlds")]
     for lg in loggers:
         lg.addHandler(handler)
     try:
@@ -213,7 +213,7 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
 
 
 def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
-    from pipeline.data.stream import CuratedSource
+    from pipeline.data.stream.training_stream import CuratedSource
 
     ddir = os.path.join(out, DATASET, "1.0.0")
     with open(os.path.join(ddir, "manifest.json")) as fh:
@@ -261,7 +261,7 @@ def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
 
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline.config import load_config
-    from pipeline.data.fixtures import FixtureConfig, run_fixture
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 
     result = ScenarioResult(scenario="corrupt_data")
     raw = ctx.path("raw")

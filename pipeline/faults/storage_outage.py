@@ -238,8 +238,8 @@ def _prompt_builder(sample: dict) -> dict:
 
 
 def _stream(root: str, tmp: str, batch: int):
-    from pipeline.data.mixtures import Mixture
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import Mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     cfg = StreamConfig(data_root=root, mixture="outage", batch_size=batch, num_workers=0, resolution=8,
                        index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20, prefetch_batches=1,

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.config import helpfield
-from pipeline.data.stream import StreamConfig
+from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
@@ -33,7 +33,7 @@ __all__ = [
 
 @dataclass(kw_only=True)
 class DataConfig(StreamConfig):
-    """The training stream's config (``pipeline.data.stream.StreamConfig``) plus the data source and
+    """The training stream's config (``pipeline.data.stream.training_stream.StreamConfig``) plus the data source and
     tokenizer. ``batch_size``, ``seed`` and ``resolution`` come from the run (per_device_batch,
     seed, model.image_size) unless set here."""
 

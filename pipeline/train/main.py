@@ -96,7 +96,7 @@ def _check_location(key: str, url: str) -> None:
 
 
 def _check_data(cfg: TrainConfig) -> None:
-    from pipeline.data.mixtures import load_mixture
+    from pipeline.data.mixture.files import load_mixture
 
     root = cfg.data.data_root
     try:
@@ -192,7 +192,7 @@ def build_stream(cfg: TrainConfig, *, prompt_builder: Any, pad_id: int, rank: in
         return SyntheticStream(prompt_builder=prompt_builder, pad_id=pad_id, batch_size=cfg.per_device_batch,
                                rank=rank, world_size=world, seed=cfg.seed if cfg.data.seed < 0 else cfg.data.seed,
                                image_size=cfg.data.resolution or image_size, num_tasks=cfg.data.synthetic_tasks)
-    from pipeline.data.stream import TrainingStream
+    from pipeline.data.stream.training_stream import TrainingStream
 
     scfg = cfg.data.stream_config(batch_size=cfg.per_device_batch, seed=cfg.seed, resolution=image_size)
     return TrainingStream(scfg, rank=rank, world_size=world, prompt_builder=prompt_builder, pad_id=pad_id)

@@ -22,8 +22,8 @@ def test_corrupt_data_quick(tmp_path):
 def test_reader_skips_a_record_without_a_declared_feature(tmp_path):
     import pytest
 
-    from pipeline.data import rlds
-    from pipeline.data.tfrecord import decode_example, encode_example, frame_record
+    from pipeline.data.io import rlds
+    from pipeline.data.io.tfrecord import decode_example, encode_example, frame_record
     from pipeline.errors import UserError
 
     features = {"steps": {"action": "Tensor(2,) float32", "is_first": "bool"}, "episode_metadata": {"id": "Text"}}

@@ -45,8 +45,8 @@ def _jpeg(rgb: tuple, rng: np.random.Generator, size: int = 32) -> bytes:
 
 def write_new_robot_dataset(root: str, episodes_per_task: int = 2, length: int = 8) -> dict:
     """A curated-format dataset (contracts.md) at ``<root>/NEW/1.0.0``; returns its statistics."""
-    from pipeline.data.curate_tasks import curated_features
-    from pipeline.data.rlds import write_shard
+    from pipeline.data.curate.tasks import curated_features
+    from pipeline.data.io.rlds import write_shard
 
     rng = np.random.default_rng(0)
     episodes = []
@@ -245,7 +245,7 @@ def test_bad_base_and_target_are_one_line_errors(base, data, tmp_path, capsys):
 def test_bring_your_own_robot_reach_and_pick(base, tmp_path):
     """The full BYOD path: the registered made-up robot (raw RLDS in its own conventions -> Ray curation),
     image-dependent actions (reach and pick scenes): LoRA rank 8 on the LLM + projector reaches 0.95."""
-    from pipeline.data.byod import DEMO_ROBOT, make_demo_robot_dataset
+    from pipeline.data.fixtures.byod import DEMO_ROBOT, make_demo_robot_dataset
     from pipeline.model.inference import load_policy
     from pipeline.train.finetune import export_merged, finetune
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.frames import (
+from pipeline.data.stream.frames import (
     AugmentParams,
     apply_color_augment,
     decode_batch,
@@ -17,7 +17,7 @@ from pipeline.data.frames import (
     process_frame,
     read_ring_slot,
 )
-from pipeline.data.normalize import NormStats, normalize_bounds_q99, parse_dataset_norm
+from pipeline.data.stream.normalize import NormStats, normalize_bounds_q99, parse_dataset_norm
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from pipeline.data import tfrecord as tr
+from pipeline.data.io import tfrecord as tr
 from pipeline.errors import UserError
 
 FEATURES = {

@@ -1,7 +1,7 @@
 """Curation filters: pure predicates over raw or canonical episodes, each switchable and counted.
 
 Every filter returns ``None`` to keep an episode or a short reason string to drop it; the curation
-task counts every drop by reason (see ``pipeline.data.quarantine``). Order inside
+task counts every drop by reason (see ``pipeline.data.curate.quarantine``). Order inside
 :func:`check_episode`: non-finite values, too short, action magnitude, empty instruction,
 undecodable images. Registry filters (``spec.episode_filters`` on the raw episode,
 ``spec.frame_filter`` on the canonical one) are applied by :func:`registry_episode_filters` /

@@ -17,8 +17,8 @@ import pytest
 import pipeline  # noqa: F401
 from pipeline import fs
 from pipeline.config import load_config
-from pipeline.data.curate import CurateConfig, curate
-from pipeline.data.curate_tasks import curated_features
+from pipeline.data.curate.job import CurateConfig, curate
+from pipeline.data.curate.tasks import curated_features
 from pipeline.data.manifest import curated_dir, read_manifest
 from pipeline.errors import UserError
 
@@ -38,7 +38,7 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> str:
-    from pipeline.data.fixtures import FixtureConfig, run_fixture
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 
     root = str(tmp_path_factory.mktemp("raw"))
     run_fixture(load_config(FixtureConfig, [f"out={root}", f"datasets=[{','.join(DATASETS)}]", "episodes=10",
@@ -51,7 +51,7 @@ def _cfg(source: str, out: str, *extra: str) -> CurateConfig:
 
 
 def _episodes(out: str, name: str) -> list[dict]:
-    from pipeline.data.rlds import read_episodes
+    from pipeline.data.io.rlds import read_episodes
 
     manifest = read_manifest(curated_dir(out, name))
     features = curated_features(manifest["proprio_dim"])
@@ -76,7 +76,7 @@ def curated(ray_session, raw, tmp_path_factory) -> str:
 def test_output_layout_stats_and_shuffle(curated, raw):
     import tensorflow_datasets as tfds
 
-    from pipeline.data.rlds import open_builder, read_episodes
+    from pipeline.data.io.rlds import open_builder, read_episodes
 
     for name in DATASETS:
         d = curated_dir(curated, name)
@@ -128,7 +128,7 @@ def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
 
 def _make_faulty(raw: str, root: str) -> None:
     """A bridge_orig copy with one fault per reason (written with the RLDS writer)."""
-    from pipeline.data.rlds import open_builder, read_episodes, write_builder_metadata, write_shard
+    from pipeline.data.io.rlds import open_builder, read_episodes, write_builder_metadata, write_shard
 
     src = open_builder(fs.join(raw, "bridge_orig"))
     out_dir = fs.join(root, "bridge_orig", src.version)

@@ -11,7 +11,7 @@ Per dataset of the mixture (weight > 0), ``<out>/<dataset>/1.0.0/`` receives:
 - ``dataset_statistics.json`` (OpenVLA format, merged from per-task partials; also cached as
   ``dataset_statistics_<stats_key>.json``), ``quarantine.json`` and, last, ``manifest.json``.
 
-Work graph (see :mod:`pipeline.data.curate_tasks`): one MAP task per source shard, then one REDUCE
+Work graph (see :mod:`pipeline.data.curate.tasks`): one MAP task per source shard, then one REDUCE
 task per output shard, then the driver commits metadata. Every task output is published atomically
 with a marker carrying the run key (hash of source fingerprint, standardization version, config), so
 a killed run resumes where it stopped and ends with exactly the output of an uninterrupted run; an
@@ -35,8 +35,10 @@ from dataclasses import dataclass
 
 from pipeline import __version__, fs
 from pipeline.config import MISSING, helpfield, to_dict
-from pipeline.data.curate_tasks import MapJob, ReduceJob, curated_features, driver_env, run_map, run_reduce
-from pipeline.data.filters import FilterConfig
+from pipeline.data.curate.filters import FilterConfig
+from pipeline.data.curate.quarantine import Quarantine, format_quarantine
+from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats, action_mask
+from pipeline.data.curate.tasks import MapJob, ReduceJob, curated_features, driver_env, run_map, run_reduce
 from pipeline.data.manifest import (
     CURATED_VERSION,
     MANIFEST_NAME,
@@ -46,9 +48,7 @@ from pipeline.data.manifest import (
     shard_name,
     source_fingerprint,
 )
-from pipeline.data.mixtures import Mixture, load_mixture
-from pipeline.data.quarantine import Quarantine, format_quarantine
-from pipeline.data.stats import DEFAULT_SKETCH_K, PartialStats, action_mask
+from pipeline.data.mixture.files import Mixture, load_mixture
 from pipeline.errors import UserError
 from pipeline.ray_utils import connect_ray
 
@@ -108,7 +108,7 @@ def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
 
 def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) -> int:
     """P from standardizing the first readable episode (falls back to the registry's state size)."""
-    from pipeline.data.rlds import read_episodes
+    from pipeline.data.io.rlds import read_episodes
 
     for shard in shards:
         try:
@@ -122,9 +122,9 @@ def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) ->
 
 def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     """Check the source of one dataset and derive its keys (no output is written)."""
+    from pipeline.data.io.rlds import open_builder
     from pipeline.data.oxe import STANDARDIZATION_VERSION, get_spec
     from pipeline.data.oxe.user_registry import entry_hash
-    from pipeline.data.rlds import open_builder
 
     spec = get_spec(name)
     spec.check_trainable()
@@ -237,7 +237,7 @@ def _merge_partials(plan: DatasetPlan, cfg: CurateConfig) -> dict:
 
 
 def _commit(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], written: list[dict]) -> dict:
-    from pipeline.data.rlds import write_builder_metadata
+    from pipeline.data.io.rlds import write_builder_metadata
 
     q = Quarantine(plan.name, cfg.max_examples)
     for m in markers:

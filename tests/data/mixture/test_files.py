@@ -9,7 +9,7 @@ import yaml
 
 from pipeline import cli, fs
 from pipeline.data.manifest import curated_dir
-from pipeline.data.mixtures import (
+from pipeline.data.mixture.files import (
     MIXTURE_DIR,
     list_mixtures,
     load_mixture,

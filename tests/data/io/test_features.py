@@ -7,8 +7,8 @@ import zlib
 import numpy as np
 import pytest
 
-from pipeline.data import features as F
-from pipeline.data.features import FeatureSpec, SequenceSpec
+from pipeline.data.io import features as F
+from pipeline.data.io.features import FeatureSpec, SequenceSpec
 from pipeline.errors import UserError
 
 TYPE_TREE = {

@@ -1,7 +1,7 @@
 """``vla inspect``: read RLDS datasets back through the registry and print one row per dataset.
 
 For each dataset directory ``<data>/<name>/[<version>/]`` the episodes of every split are read with
-our own reader (:func:`pipeline.data.rlds.read_episodes`, no TensorFlow), standardized with
+our own reader (:func:`pipeline.data.io.rlds.read_episodes`, no TensorFlow), standardized with
 ``get_spec(name).standardize`` and validated with :func:`pipeline.data.schema.validate_episode`.
 The table shows episodes, raw steps, standardized transitions, the camera slots that hold images
 (``p``rimary, ``s``econdary, ``w``rist; ``-`` = empty), per-dimension min..max of the standardized
@@ -19,7 +19,7 @@ import numpy as np
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
 from pipeline.data import schema
-from pipeline.data.fixtures import as_name_list
+from pipeline.data.fixtures.datasets import as_name_list
 from pipeline.errors import UserError
 
 __all__ = ["InspectConfig", "DatasetSummary", "run_inspect", "summarize_dataset", "format_table",
@@ -97,14 +97,14 @@ def list_dataset_dirs(data: str) -> list[str]:
 
 
 def _features_match(on_disk: dict, spec) -> bool:
-    from pipeline.data.features import as_spec_tree, to_type_tree
+    from pipeline.data.io.features import as_spec_tree, to_type_tree
 
     return to_type_tree(on_disk) == to_type_tree(as_spec_tree(spec.features))
 
 
 def summarize_dataset(data: str, name: str, *, max_episodes: int = 0) -> DatasetSummary:
     """Read, standardize and validate one dataset (UserError when missing or unreadable)."""
-    from pipeline.data import rlds
+    from pipeline.data.io import rlds
     from pipeline.data.oxe import get_spec
 
     spec = get_spec(name)

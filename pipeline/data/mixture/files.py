@@ -10,13 +10,13 @@ File format (comments allowed)::
       fractal20220817_data: 0.5
     overrides:                     # optional, per dataset
       bridge_orig:
-        filters: {min_steps: 3}    # any pipeline.data.filters.FilterConfig field
+        filters: {min_steps: 3}    # any pipeline.data.curate.filters.FilterConfig field
         cameras: {secondary: null} # camera slot -> raw observation key (or null)
 
 Every problem (malformed YAML, duplicate key, unknown dataset, JOINT_POS dataset, negative or
 all-zero weights, unknown override) is a :class:`UserError` naming the file, the line and the key.
 
-EPOCH DEFINITION (identical to the training stream, ``pipeline.data.sampling``): with ``N_i`` the
+EPOCH DEFINITION (identical to the training stream, ``pipeline.data.stream.plan``): with ``N_i`` the
 curated frames of dataset ``i``, one epoch is ``E = sum_i N_i`` draws (as many frames as the
 mixture holds). Dataset ``i`` gets ``share_i * E`` of them, i.e. ``passes_i = share_i * E / N_i``
 passes over its frames per epoch. With ``balance_by_size`` and equal weights every pass count is 1.
@@ -47,8 +47,8 @@ __all__ = [
     "mixture_path",
 ]
 
-MIXTURE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                           "dataset_mixtures")
+MIXTURE_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "dataset_mixtures")
 EPOCH_DEFINITION = ("one epoch = sum_i N_i draws (N_i = curated frames of dataset i); dataset i gets "
                     "share_i of them = share_i * sum N / N_i passes over its frames")
 _TOP_KEYS = ("name", "description", "balance_by_size", "datasets", "overrides")
@@ -136,7 +136,7 @@ def _weights(raw: object, where: _Where) -> dict[str, float]:
 
 
 def _overrides(raw: object, datasets: dict[str, float], where: _Where) -> dict[str, dict]:
-    from pipeline.data.filters import FilterConfig
+    from pipeline.data.curate.filters import FilterConfig
     from pipeline.data.schema import CAMERA_SLOTS
 
     if raw is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.sampling import (
+from pipeline.data.stream.plan import (
     DatasetLayout,
     build_epoch_plan,
     compute_shares,

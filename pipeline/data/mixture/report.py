@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pipeline.config import MISSING, helpfield
 from pipeline.data.manifest import curated_counts
-from pipeline.data.mixtures import EPOCH_DEFINITION, Mixture, load_mixture, sampling_shares
+from pipeline.data.mixture.files import EPOCH_DEFINITION, Mixture, load_mixture, sampling_shares
 
 __all__ = ["MixtureShowConfig", "MixtureDiffConfig", "mixture_rows", "run_show", "run_diff"]
 

@@ -9,8 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.filters import FilterConfig, apply_frame_filter, check_episode, registry_episode_filters
-from pipeline.data.quarantine import Quarantine, format_quarantine
+from pipeline.data.curate.filters import (
+    FilterConfig,
+    apply_frame_filter,
+    check_episode,
+    registry_episode_filters,
+)
+from pipeline.data.curate.quarantine import Quarantine, format_quarantine
 from pipeline.data.schema import validate_episode
 
 

@@ -93,7 +93,7 @@ def _leaf_paths(tree: dict, prefix: str = "") -> list[str]:
 
 def build_entry(cfg: RegisterConfig, info) -> dict:
     """Registry entry (plain YAML data) from the register config and the builder ``info``."""
-    from pipeline.data.features import to_type_tree
+    from pipeline.data.io.features import to_type_tree
 
     features = to_type_tree(info.features)
     leaves = set(_leaf_paths(features))
@@ -128,7 +128,8 @@ def _target(cfg: RegisterConfig, name: str) -> str:
 
 def check_against_data(spec, info, episodes: int) -> dict:
     """Read + standardize the first ``episodes`` episodes; UserError naming the problem. Returns a summary."""
-    from pipeline.data import rlds, schema
+    from pipeline.data import schema
+    from pipeline.data.io import rlds
 
     split = "train" if "train" in info.splits else next(iter(info.splits), None)
     shards = [s for s in info.splits.get(split, []) if s.num_episodes] if split else []
@@ -166,7 +167,7 @@ def check_against_data(spec, info, episodes: int) -> dict:
 
 def register(cfg: RegisterConfig) -> tuple[str, dict, dict | None]:
     """Validate and write the entry; returns (path, resolved entry, data check summary or None)."""
-    from pipeline.data import rlds
+    from pipeline.data.io import rlds
     from pipeline.data.oxe.user_registry import dump_entry, parse_entry, spec_from_entry, user_path
 
     info = rlds.open_builder(cfg.src)

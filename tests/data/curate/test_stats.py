@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.data.stats import PartialStats, QuantileSketch, action_mask
+from pipeline.data.curate.stats import PartialStats, QuantileSketch, action_mask
 
 
 def _data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,9 @@ import pytest
 
 import pipeline  # noqa: F401
 from pipeline import cli, fs
-from pipeline.data import rlds
-from pipeline.data.curate_tasks import curated_features
-from pipeline.data.fixtures import write_fixture_dataset
+from pipeline.data.curate.tasks import curated_features
+from pipeline.data.fixtures.datasets import write_fixture_dataset
+from pipeline.data.io import rlds
 from pipeline.data.manifest import curated_dir, read_manifest
 from pipeline.data.oxe import get_spec, list_datasets
 from pipeline.data.oxe import transforms as tf
@@ -177,7 +177,7 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
 
 
 def test_make_demo_robot_dataset(tmp_path, ray_session):
-    from pipeline.data.byod import make_demo_robot_dataset
+    from pipeline.data.fixtures.byod import make_demo_robot_dataset
 
     paths = make_demo_robot_dataset(str(tmp_path / "demo"), episodes=4, image_size=32, steps="5-7")
     assert paths["dataset"] == "acme_arm_demo" and paths["episodes"] == {"train": 3, "val": 1}
@@ -204,7 +204,7 @@ def test_register_from_gcs(capsys, raw_root, registry, gcs_bucket):
 
 def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
     """A Ray worker that cannot see the YAML (remote cluster) curates from the entry the driver sends."""
-    from pipeline.data.curate_tasks import MapJob, run_map
+    from pipeline.data.curate.tasks import MapJob, run_map
     from pipeline.errors import UserError
 
     entry = ur.parse_entry(TRUTH, str(tmp_path / f"{ROBOT}.yaml"))

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from pipeline import fs
-from pipeline.data import rlds
-from pipeline.data.features import decode_tensor, parse_type_string
-from pipeline.data.tfrecord import CorruptRecordError
+from pipeline.data.io import rlds
+from pipeline.data.io.features import decode_tensor, parse_type_string
+from pipeline.data.io.tfrecord import CorruptRecordError
 from pipeline.errors import UserError
 
 FEATURES = {
@@ -97,7 +97,7 @@ LENGTHS = [3, 0, 5, 2]  # includes an empty steps dataset
 def tfds_dir(tmp_path_factory):
     """A dataset written by tfds itself (GeneratorBasedBuilder), 2 shards."""
     tfds = pytest.importorskip("tensorflow_datasets")
-    from pipeline.data.features import to_tfds_features
+    from pipeline.data.io.features import to_tfds_features
 
     class RldsTinyForTest(tfds.core.GeneratorBasedBuilder):
         VERSION = tfds.core.Version("1.0.0")
@@ -151,7 +151,7 @@ def test_read_tfds_written_dataset(tfds_dir):
     info = rlds.open_builder(tfds_dir)  # picks the version dir
     assert info.name == "rlds_tiny_for_test" and info.version == "1.0.0"
     assert len(info.splits["train"]) == 2 and info.num_episodes("train") == len(LENGTHS)
-    from pipeline.data.features import parse_type_tree
+    from pipeline.data.io.features import parse_type_tree
 
     assert info.features == parse_type_tree(FEATURES)
     episodes = list(rlds.iter_dataset(tfds_dir, num_workers=2))
@@ -372,7 +372,7 @@ def test_read_and_write_path_do_not_import_tensorflow(tmp_path):
 
     code = (
         "import sys, numpy as np\n"
-        "from pipeline.data import rlds\n"
+        "from pipeline.data.io import rlds\n"
         f"url = {str(tmp_path / 'n-train.tfrecord-00000-of-00001')!r}\n"
         "feats = {'steps': {'a': 'Tensor(2,) float32', 'img': 'Image(4,4,3) uint8 jpeg'}, 'm': 'Text'}\n"
         "ep = {'steps': {'a': np.zeros((3, 2)), 'img': [b'x'] * 3}, 'm': 'hi'}\n"

@@ -56,14 +56,14 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from pipeline import fs
-from pipeline.data.features import (
+from pipeline.data.io.features import (
     FeatureSpec,
     as_spec_tree,
     flatten_spec,
     parse_features_json,
     to_tfds_features,
 )
-from pipeline.data.tfrecord import (
+from pipeline.data.io.tfrecord import (
     CorruptRecordError,
     decode_example,
     encode_example,
@@ -87,7 +87,7 @@ __all__ = [
     "write_builder_metadata",
 ]
 
-log = logging.getLogger("pipeline.data.rlds")
+log = logging.getLogger("pipeline.data.io.rlds")
 
 _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 _DEFAULT_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"

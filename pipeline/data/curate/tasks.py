@@ -27,10 +27,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline import fs
-from pipeline.data.filters import FilterConfig, apply_frame_filter, check_episode, registry_episode_filters
-from pipeline.data.quarantine import Quarantine
+from pipeline.data.curate.filters import (
+    FilterConfig,
+    apply_frame_filter,
+    check_episode,
+    registry_episode_filters,
+)
+from pipeline.data.curate.quarantine import Quarantine
+from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats
 from pipeline.data.schema import validate_episode
-from pipeline.data.stats import DEFAULT_SKETCH_K, PartialStats
 
 __all__ = ["driver_env", "MapJob", "ReduceJob", "curated_features", "to_curated", "episode_key", "run_map", "run_reduce",
            "map_marker", "reduce_marker"]
@@ -167,7 +172,7 @@ def _curate_one(raw: dict, spec, job: MapJob, q: Quarantine) -> dict | None:
 
 def run_map(job: MapJob) -> dict:
     """Curate one source shard into per-bucket part files; returns the marker dict."""
-    from pipeline.data.rlds import EpisodeWriter, ReadStats, read_episodes
+    from pipeline.data.io.rlds import EpisodeWriter, ReadStats, read_episodes
 
     os.environ.update(job.env)
 
@@ -222,7 +227,7 @@ def run_map(job: MapJob) -> dict:
 def _read_part(url: str, key_of: dict[int, str], features: dict, dataset: str, attempts: int = 3) -> list:
     """``(key, episode)`` of the wanted positions of one part file (our own output: a failed read is
     retried with fresh storage metadata before it is an error)."""
-    from pipeline.data.rlds import read_episodes
+    from pipeline.data.io.rlds import read_episodes
 
     for attempt in range(attempts):
         try:
@@ -255,7 +260,7 @@ class ReduceJob:
 
 def run_reduce(job: ReduceJob) -> dict:
     """Write one output shard: the wanted episodes of its buckets, in key order."""
-    from pipeline.data.rlds import write_shard
+    from pipeline.data.io.rlds import write_shard
 
     os.environ.update(job.env)
     marker_url = reduce_marker(job.parts, job.out_index)

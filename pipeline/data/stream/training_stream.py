@@ -10,7 +10,7 @@ Flow (one rank)::
          results taken back in batch order (output independent of worker count)
       -> BOUNDS_Q99 action normalization (normalize.py) + prompt builder + collate -> batch
 
-EPOCH DEFINITION: see ``pipeline.data.sampling`` (one epoch = E = sum_i N_i draws; dataset i gets
+EPOCH DEFINITION: see ``pipeline.data.stream.plan`` (one epoch = E = sum_i N_i draws; dataset i gets
 round(share_i * E) of them, walking seeded windowed permutations of its frames, wrapping or
 truncating). The window W_i (episodes "live" at once in dataset i's permutation) is derived from
 ``buffer_bytes``: W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i)
@@ -63,16 +63,16 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
-from pipeline.data.frames import decode_batch, read_ring_slot
-from pipeline.data.normalize import DatasetNorm, load_dataset_norm, normalize_bounds_q99
-from pipeline.data.sampling import (
+from pipeline.data.schema import CAMERA_SLOTS
+from pipeline.data.stream.frames import decode_batch, read_ring_slot
+from pipeline.data.stream.normalize import DatasetNorm, load_dataset_norm, normalize_bounds_q99
+from pipeline.data.stream.plan import (
     DatasetLayout,
     EpochPlan,
     build_epoch_plan,
     compute_shares,
     largest_remainder,
 )
-from pipeline.data.schema import CAMERA_SLOTS
 from pipeline.errors import UserError
 
 __all__ = ["StreamConfig", "Episode", "EpisodeSource", "CuratedSource", "TrainingStream", "STATE_VERSION"]
@@ -144,7 +144,7 @@ def _scan_shard(url: str) -> dict:
 
     Streams the file record by record (memory: one record).
     """
-    from pipeline.data.tfrecord import decode_example, masked_crc32c
+    from pipeline.data.io.tfrecord import decode_example, masked_crc32c
 
     offsets, sizes, frames, pos = [], [], [], 0
     with fs.open_url(url, "rb") as f:
@@ -256,7 +256,7 @@ class CuratedSource:
         return f"{self.shard_urls[shard]} record {record}"
 
     def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode:
-        from pipeline.data.tfrecord import decode_example, read_records
+        from pipeline.data.io.tfrecord import decode_example, read_records
 
         shard, record = self._locate(episode)
         url = self.shard_urls[shard]
@@ -379,7 +379,7 @@ class TrainingStream:
         self._builder = prompt_builder
         self._pad_id = pad_id if pad_id is not None else int(prompt_builder.text_tokenizer.pad_token_id)
         if mixture is None:
-            from pipeline.data.mixtures import load_mixture
+            from pipeline.data.mixture.files import load_mixture
 
             mixture = load_mixture(cfg.mixture)
         names = [n for n, w in mixture.datasets.items() if w > 0]
