@@ -88,12 +88,12 @@ def write_curated_dataset(root: str, name: str, *, episode_lengths: list[int], s
                           quality: int = 90, seed: int = 0) -> str:
     """Write a curated-format dataset (contracts.md) at ``<root>/<name>/1.0.0``; returns its URL.
 
-    Writes the shards with ``pipeline.data.io.rlds.write_shard``, ``manifest.json`` and
+    Writes the shards with ``pipeline.data.io.rlds_writer.write_shard``, ``manifest.json`` and
     ``dataset_statistics.json`` (OpenVLA format, computed from the written actions). No tfds
     metadata (``dataset_info.json``) is written: the stream does not need it.
     """
     from pipeline.data.curate.tasks import curated_features
-    from pipeline.data.io.rlds import write_shard
+    from pipeline.data.io.rlds_writer import write_shard
 
     url = fs.join(root, name, "1.0.0")
     rng = np.random.default_rng([seed, sum(map(ord, name))])

@@ -60,7 +60,7 @@ def _flip(framed: bytes, offset: int) -> bytes:
 
 
 def _without(record: bytes, key: str) -> bytes:
-    from pipeline.data.io.tfrecord import decode_example, encode_example
+    from pipeline.data.io.example import decode_example, encode_example
 
     ex = decode_example(record)
     del ex[key]
@@ -68,7 +68,7 @@ def _without(record: bytes, key: str) -> bytes:
 
 
 def _with_images(record: bytes, key: str, data: bytes) -> bytes:
-    from pipeline.data.io.tfrecord import decode_example, encode_example
+    from pipeline.data.io.example import decode_example, encode_example
 
     ex = decode_example(record)
     ex[key] = [data] * len(ex[key])
@@ -78,7 +78,9 @@ def _with_images(record: bytes, key: str, data: bytes) -> bytes:
 def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
     """Copy ``DATASET`` from ``raw`` to ``root`` as 3 shards with ``SOURCE_FAULTS``; returns kind -> (shard, record)."""
     from pipeline import fs
-    from pipeline.data.io.rlds import encode_episode, open_builder, read_episodes
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.rlds_reader import read_episodes
+    from pipeline.data.io.rlds_writer import encode_episode
     from pipeline.data.io.tfrecord import frame_record
 
     src = open_builder(fs.join(raw, DATASET))
@@ -139,7 +141,7 @@ def corrupt_curated(shard_paths: list[str], kinds: tuple[str, ...]) -> dict[str,
 def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str:
     from pipeline.config import load_config
     from pipeline.data.curate.job import CurateConfig, curate
-    from pipeline.data.io.rlds import open_builder
+    from pipeline.data.io.builder import open_builder
     from pipeline.faults.curation_kill import ray_session
 
     faulty = ctx.path("faulty")
@@ -195,7 +197,7 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
     from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     handler = WarningLines()
-    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.io.rlds")]
+    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.io")]
     for lg in loggers:
         lg.addHandler(handler)
     try:

@@ -46,7 +46,7 @@ def _jpeg(rgb: tuple, rng: np.random.Generator, size: int = 32) -> bytes:
 def write_new_robot_dataset(root: str, episodes_per_task: int = 2, length: int = 8) -> dict:
     """A curated-format dataset (contracts.md) at ``<root>/NEW/1.0.0``; returns its statistics."""
     from pipeline.data.curate.tasks import curated_features
-    from pipeline.data.io.rlds import write_shard
+    from pipeline.data.io.rlds_writer import write_shard
 
     rng = np.random.default_rng(0)
     episodes = []

@@ -108,7 +108,7 @@ def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
 
 def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) -> int:
     """P from standardizing the first readable episode (falls back to the registry's state size)."""
-    from pipeline.data.io.rlds import read_episodes
+    from pipeline.data.io.rlds_reader import read_episodes
 
     for shard in shards:
         try:
@@ -122,7 +122,7 @@ def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) ->
 
 def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     """Check the source of one dataset and derive its keys (no output is written)."""
-    from pipeline.data.io.rlds import open_builder
+    from pipeline.data.io.builder import open_builder
     from pipeline.data.oxe import STANDARDIZATION_VERSION, get_spec
     from pipeline.data.oxe.user_registry import entry_hash
 
@@ -237,7 +237,7 @@ def _merge_partials(plan: DatasetPlan, cfg: CurateConfig) -> dict:
 
 
 def _commit(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], written: list[dict]) -> dict:
-    from pipeline.data.io.rlds import write_builder_metadata
+    from pipeline.data.io.rlds_writer import write_builder_metadata
 
     q = Quarantine(plan.name, cfg.max_examples)
     for m in markers:

@@ -172,7 +172,8 @@ def _curate_one(raw: dict, spec, job: MapJob, q: Quarantine) -> dict | None:
 
 def run_map(job: MapJob) -> dict:
     """Curate one source shard into per-bucket part files; returns the marker dict."""
-    from pipeline.data.io.rlds import EpisodeWriter, ReadStats, read_episodes
+    from pipeline.data.io.rlds_reader import ReadStats, read_episodes
+    from pipeline.data.io.rlds_writer import EpisodeWriter
 
     os.environ.update(job.env)
 
@@ -227,7 +228,7 @@ def run_map(job: MapJob) -> dict:
 def _read_part(url: str, key_of: dict[int, str], features: dict, dataset: str, attempts: int = 3) -> list:
     """``(key, episode)`` of the wanted positions of one part file (our own output: a failed read is
     retried with fresh storage metadata before it is an error)."""
-    from pipeline.data.io.rlds import read_episodes
+    from pipeline.data.io.rlds_reader import read_episodes
 
     for attempt in range(attempts):
         try:
@@ -260,7 +261,7 @@ class ReduceJob:
 
 def run_reduce(job: ReduceJob) -> dict:
     """Write one output shard: the wanted episodes of its buckets, in key order."""
-    from pipeline.data.io.rlds import write_shard
+    from pipeline.data.io.rlds_writer import write_shard
 
     os.environ.update(job.env)
     marker_url = reduce_marker(job.parts, job.out_index)

@@ -24,6 +24,8 @@ API (stable; other modules code against it)::
     flatten_spec(tree) -> dict[str, FlatFeature]     # "steps/observation/image" -> FlatFeature(spec, in_sequence)
                                                      # (FlatFeature is a frozen dataclass: .spec, .in_sequence,
                                                      #  .path = nested key tuple; keys may contain "/")
+    feature_plans(tree, skip_keys=()) -> list[FeaturePlan]   # per flat feature: key, path, spec, in_sequence,
+                                                     # values stored per step (the RLDS reader's and writer's plan)
     decode_tensor(data: bytes, spec: FeatureSpec) -> np.ndarray   # a zlib/bytes-encoded tensor value
 
 Type-string notation (the OXE facts file's): ``Image(H,W,C) dtype fmt`` (fmt: jpeg | png | unspecified),
@@ -34,10 +36,12 @@ Type-string notation (the OXE facts file's): ``Image(H,W,C) dtype fmt`` (fmt: jp
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -56,6 +60,8 @@ __all__ = [
     "load_features_json",
     "to_tfds_features",
     "flatten_spec",
+    "FeaturePlan",
+    "feature_plans",
     "decode_tensor",
 ]
 
@@ -233,6 +239,39 @@ def flatten_spec(tree: dict, *, _prefix: tuple[str, ...] = (), _in_seq: bool = F
         else:
             out["/".join(path)] = FlatFeature(value, _in_seq, path)
     return out
+
+
+class FeaturePlan(NamedTuple):
+    """How one flat feature is stored in a ``tf.train.Example`` (shared by the RLDS reader and writer)."""
+
+    key: str                 # flat key, e.g. "steps/observation/image"
+    parts: tuple[str, ...]   # nested output path
+    spec: FeatureSpec
+    in_sequence: bool
+    numel: int               # stored values per step (or per episode value); -1 if a dim is unknown
+
+
+def _stored_numel(spec: FeatureSpec) -> int:
+    """Number of stored list values per step: 1 for an image/text/encoded tensor, else prod(shape)."""
+    if spec.kind in ("image", "text") or spec.encoding != "none":
+        return 1
+    return -1 if any(d is None for d in spec.shape) else math.prod(spec.shape)
+
+
+def feature_plans(features: Any, skip_keys: Iterable[str] = ()) -> list[FeaturePlan]:
+    """One :class:`FeaturePlan` per flat feature of ``features`` (type-string or spec tree), minus
+    ``skip_keys`` (flat paths or prefixes). Per-step tensors with an unknown dimension are a UserError."""
+    skips = tuple(k.strip("/") for k in skip_keys)
+    plans = []
+    for key, flat in flatten_spec(as_spec_tree(features)).items():
+        if any(key == s or key.startswith(s + "/") for s in skips):
+            continue
+        parts = flat.path
+        if flat.in_sequence and _stored_numel(flat.spec) < 0:
+            raise UserError(f"feature '{key}': per-step tensors with unknown dimensions {flat.spec.shape} "
+                            "(tfds ragged encoding) are not supported; give the full shape")
+        plans.append(FeaturePlan(key, parts, flat.spec, flat.in_sequence, _stored_numel(flat.spec)))
+    return plans
 
 
 def decode_tensor(data: bytes, spec: FeatureSpec) -> np.ndarray:

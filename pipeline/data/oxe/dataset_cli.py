@@ -129,7 +129,7 @@ def _target(cfg: RegisterConfig, name: str) -> str:
 def check_against_data(spec, info, episodes: int) -> dict:
     """Read + standardize the first ``episodes`` episodes; UserError naming the problem. Returns a summary."""
     from pipeline.data import schema
-    from pipeline.data.io import rlds
+    from pipeline.data.io.rlds_reader import read_episodes
 
     split = "train" if "train" in info.splits else next(iter(info.splits), None)
     shards = [s for s in info.splits.get(split, []) if s.num_episodes] if split else []
@@ -137,7 +137,7 @@ def check_against_data(spec, info, episodes: int) -> dict:
         raise UserError(f"{info.url}: no episodes to check the entry against (splits: {', '.join(info.splits) or 'none'})")
     seen: list[dict] = []
     for shard in shards:
-        for raw in rlds.read_episodes(shard.url, info.features, dataset=spec.name):
+        for raw in read_episodes(shard.url, info.features, dataset=spec.name):
             where = f"{fs.basename(shard.url)} episode {len(seen)}"
             try:
                 ep = spec.standardize(raw)
@@ -167,10 +167,10 @@ def check_against_data(spec, info, episodes: int) -> dict:
 
 def register(cfg: RegisterConfig) -> tuple[str, dict, dict | None]:
     """Validate and write the entry; returns (path, resolved entry, data check summary or None)."""
-    from pipeline.data.io import rlds
+    from pipeline.data.io.builder import open_builder
     from pipeline.data.oxe.user_registry import dump_entry, parse_entry, spec_from_entry, user_path
 
-    info = rlds.open_builder(cfg.src)
+    info = open_builder(cfg.src)
     entry = build_entry(cfg, info)
     path = _target(cfg, str(entry["name"]))
     if fs.exists(path) and not cfg.force:

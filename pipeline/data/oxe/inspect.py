@@ -1,7 +1,7 @@
 """``vla inspect``: read RLDS datasets back through the registry and print one row per dataset.
 
 For each dataset directory ``<data>/<name>/[<version>/]`` the episodes of every split are read with
-our own reader (:func:`pipeline.data.io.rlds.read_episodes`, no TensorFlow), standardized with
+our own reader (:func:`pipeline.data.io.rlds_reader.read_episodes`, no TensorFlow), standardized with
 ``get_spec(name).standardize`` and validated with :func:`pipeline.data.schema.validate_episode`.
 The table shows episodes, raw steps, standardized transitions, the camera slots that hold images
 (``p``rimary, ``s``econdary, ``w``rist; ``-`` = empty), per-dimension min..max of the standardized
@@ -104,16 +104,17 @@ def _features_match(on_disk: dict, spec) -> bool:
 
 def summarize_dataset(data: str, name: str, *, max_episodes: int = 0) -> DatasetSummary:
     """Read, standardize and validate one dataset (UserError when missing or unreadable)."""
-    from pipeline.data.io import rlds
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.rlds_reader import read_episodes
     from pipeline.data.oxe import get_spec
 
     spec = get_spec(name)
-    info = rlds.open_builder(fs.join(data, name))
+    info = open_builder(fs.join(data, name))
     out = DatasetSummary(name=name, version=info.version, features_match=_features_match(info.features, spec))
     for split, shards in info.splits.items():
         out.splits[split] = 0
         for shard in shards:
-            for raw in rlds.read_episodes(shard.url, info.features, dataset=name):
+            for raw in read_episodes(shard.url, info.features, dataset=name):
                 if max_episodes and out.episodes >= max_episodes:
                     break
                 out.add(split, raw, spec.standardize(raw))

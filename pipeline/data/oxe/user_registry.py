@@ -258,10 +258,10 @@ class _Validator:
                                        "(a TFDS builder directory)")
         inferred: dict = {}
         if has_i:
-            from pipeline.data.io import rlds
+            from pipeline.data.io.builder import open_builder
 
             try:
-                info = rlds.open_builder(str(self.d["infer_from"]))
+                info = open_builder(str(self.d["infer_from"]))
             except UserError as e:
                 raise self.err("infer_from", str(e)) from None
             tree = info.features

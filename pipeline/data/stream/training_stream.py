@@ -144,7 +144,8 @@ def _scan_shard(url: str) -> dict:
 
     Streams the file record by record (memory: one record).
     """
-    from pipeline.data.io.tfrecord import decode_example, masked_crc32c
+    from pipeline.data.io.example import decode_example
+    from pipeline.data.io.tfrecord import masked_crc32c
 
     offsets, sizes, frames, pos = [], [], [], 0
     with fs.open_url(url, "rb") as f:
@@ -256,7 +257,8 @@ class CuratedSource:
         return f"{self.shard_urls[shard]} record {record}"
 
     def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode:
-        from pipeline.data.io.tfrecord import decode_example, read_records
+        from pipeline.data.io.example import decode_example
+        from pipeline.data.io.tfrecord import read_records
 
         shard, record = self._locate(episode)
         url = self.shard_urls[shard]

@@ -51,7 +51,7 @@ def _cfg(source: str, out: str, *extra: str) -> CurateConfig:
 
 
 def _episodes(out: str, name: str) -> list[dict]:
-    from pipeline.data.io.rlds import read_episodes
+    from pipeline.data.io.rlds_reader import read_episodes
 
     manifest = read_manifest(curated_dir(out, name))
     features = curated_features(manifest["proprio_dim"])
@@ -76,7 +76,8 @@ def curated(ray_session, raw, tmp_path_factory) -> str:
 def test_output_layout_stats_and_shuffle(curated, raw):
     import tensorflow_datasets as tfds
 
-    from pipeline.data.io.rlds import open_builder, read_episodes
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.rlds_reader import read_episodes
 
     for name in DATASETS:
         d = curated_dir(curated, name)
@@ -128,7 +129,9 @@ def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
 
 def _make_faulty(raw: str, root: str) -> None:
     """A bridge_orig copy with one fault per reason (written with the RLDS writer)."""
-    from pipeline.data.io.rlds import open_builder, read_episodes, write_builder_metadata, write_shard
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.rlds_reader import read_episodes
+    from pipeline.data.io.rlds_writer import write_builder_metadata, write_shard
 
     src = open_builder(fs.join(raw, "bridge_orig"))
     out_dir = fs.join(root, "bridge_orig", src.version)

@@ -1,4 +1,5 @@
-"""RLDS builder I/O: our reader vs tfds-written data, our writer vs tfds reader, gs://, corruption."""
+"""RLDS builder I/O (io.builder, io.rlds_reader, io.rlds_writer): our reader vs tfds-written data,
+our writer vs tfds reader, gs://, corruption."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ import pytest
 from PIL import Image
 
 from pipeline import fs
-from pipeline.data.io import rlds
+from pipeline.data.io.builder import open_builder, shard_filename
 from pipeline.data.io.features import decode_tensor, parse_type_string
+from pipeline.data.io.rlds_reader import ReadStats, iter_dataset, read_episodes
+from pipeline.data.io.rlds_writer import write_builder_metadata, write_shard
 from pipeline.data.io.tfrecord import CorruptRecordError
 from pipeline.errors import UserError
 
@@ -148,13 +151,13 @@ def _check_raw(ep: dict, e: int) -> None:
 
 
 def test_read_tfds_written_dataset(tfds_dir):
-    info = rlds.open_builder(tfds_dir)  # picks the version dir
+    info = open_builder(tfds_dir)  # picks the version dir
     assert info.name == "rlds_tiny_for_test" and info.version == "1.0.0"
     assert len(info.splits["train"]) == 2 and info.num_episodes("train") == len(LENGTHS)
     from pipeline.data.io.features import parse_type_tree
 
     assert info.features == parse_type_tree(FEATURES)
-    episodes = list(rlds.iter_dataset(tfds_dir, num_workers=2))
+    episodes = list(iter_dataset(tfds_dir, num_workers=2))
     assert len(episodes) == len(LENGTHS)
     for ep in episodes:
         e = int(ep["episode_metadata"]["episode_id"])
@@ -162,7 +165,7 @@ def test_read_tfds_written_dataset(tfds_dir):
         assert ep["_source"]["file"].startswith(info.url)
     # per-shard reading with _source, and skip_keys
     shard = info.splits["train"][0]
-    eps = list(rlds.read_episodes(shard.url, info.features, skip_keys=["steps/observation/image", "episode_metadata"]))
+    eps = list(read_episodes(shard.url, info.features, skip_keys=["steps/observation/image", "episode_metadata"]))
     assert len(eps) == shard.num_episodes
     assert [ep["_source"]["index"] for ep in eps] == list(range(shard.num_episodes))
     assert "image" not in eps[0]["steps"]["observation"] and "episode_metadata" not in eps[0]
@@ -170,36 +173,36 @@ def test_read_tfds_written_dataset(tfds_dir):
 
 
 def test_iter_dataset_order_and_early_stop(tfds_dir):
-    info = rlds.open_builder(tfds_dir)
-    a = [ep["_source"]["index"] for ep in rlds.iter_dataset(tfds_dir, num_workers=1)]
-    b = [ep["_source"]["index"] for ep in rlds.iter_dataset(tfds_dir, num_workers=3, prefetch=1)]
+    info = open_builder(tfds_dir)
+    a = [ep["_source"]["index"] for ep in iter_dataset(tfds_dir, num_workers=1)]
+    b = [ep["_source"]["index"] for ep in iter_dataset(tfds_dir, num_workers=3, prefetch=1)]
     assert a == b
-    only = list(rlds.iter_dataset(tfds_dir, shard_indices=[1]))
+    only = list(iter_dataset(tfds_dir, shard_indices=[1]))
     assert len(only) == info.splits["train"][1].num_episodes
-    gen = rlds.iter_dataset(tfds_dir, num_workers=2, prefetch=1)
+    gen = iter_dataset(tfds_dir, num_workers=2, prefetch=1)
     next(gen)
     gen.close()  # must not hang
     with pytest.raises(UserError, match="split 'test'"):
-        next(rlds.iter_dataset(tfds_dir, split="test"))
+        next(iter_dataset(tfds_dir, split="test"))
 
 
 def test_missing_feature_names_dataset_key_file(tfds_dir):
-    info = rlds.open_builder(tfds_dir)
+    info = open_builder(tfds_dir)
     feats = {**FEATURES, "steps": {**FEATURES["steps"], "extra": "Tensor(2,) float32"}}
     with pytest.raises(UserError, match=r"dataset rlds_tiny_for_test: feature 'steps/extra'.*tfrecord-00000"):
-        next(rlds.read_episodes(info.splits["train"][0].url, feats, dataset=info.name))
+        next(read_episodes(info.splits["train"][0].url, feats, dataset=info.name))
 
 
 def _write_dataset(root: str, name: str = "ours", shards=((0, 1), (2, 3))) -> str:
     vdir = fs.join(root, name, "1.0.0")
     counts = []
     for i, eps in enumerate(shards):
-        url = fs.join(vdir, rlds.shard_filename(name, "train", i, len(shards)))
-        res = rlds.write_shard(url, (_raw_episode(e, LENGTHS[e]) for e in eps), FEATURES)
+        url = fs.join(vdir, shard_filename(name, "train", i, len(shards)))
+        res = write_shard(url, (_raw_episode(e, LENGTHS[e]) for e in eps), FEATURES)
         assert res.num_episodes == len(eps) and res.num_frames == sum(LENGTHS[e] for e in eps)
         assert res.sha256 == hashlib.sha256(fs.read_bytes(url)).hexdigest()
         counts.append(res.num_episodes)
-    rlds.write_builder_metadata(vdir, name, "1.0.0", FEATURES, {"train": counts}, description="test data")
+    write_builder_metadata(vdir, name, "1.0.0", FEATURES, {"train": counts}, description="test data")
     return vdir
 
 
@@ -228,21 +231,21 @@ def test_our_writer_tfds_reads(tmp_path):
             assert s["language_instruction"] == f"task {e}".encode() and bool(s["is_first"]) == (t == 0)
             assert s["count"] == t and s["reward"] == t
     # and our reader reads our writer's output identically to the tfds-written data
-    for ep in rlds.iter_dataset(vdir):
+    for ep in iter_dataset(vdir):
         _check_raw(ep, int(ep["episode_metadata"]["episode_id"]))
 
 
 def test_open_builder_errors(tmp_path):
     _write_dataset(str(tmp_path), name="bridge_orig", shards=((0,),))
     os.makedirs(tmp_path / "bridge_orig" / "0.1.0")  # lower version, no metadata
-    assert rlds.open_builder(str(tmp_path / "bridge_orig")).version == "1.0.0"
+    assert open_builder(str(tmp_path / "bridge_orig")).version == "1.0.0"
     with pytest.raises(UserError, match="did you mean bridge_orig"):
-        rlds.open_builder(str(tmp_path / "bridge_orgi"))
+        open_builder(str(tmp_path / "bridge_orgi"))
     with pytest.raises(UserError, match="dataset directory .* not found"):
-        rlds.open_builder(str(tmp_path / "nope" / "deeper"))
+        open_builder(str(tmp_path / "nope" / "deeper"))
     os.makedirs(tmp_path / "empty_ds")
     with pytest.raises(UserError, match="dataset_info.json"):
-        rlds.open_builder(str(tmp_path / "empty_ds"))
+        open_builder(str(tmp_path / "empty_ds"))
 
 
 def test_writer_is_atomic_and_checks_lengths(tmp_path):
@@ -250,18 +253,18 @@ def test_writer_is_atomic_and_checks_lengths(tmp_path):
     bad = _raw_episode(0, 3)
     bad["steps"]["reward"] = bad["steps"]["reward"][:2]
     with pytest.raises(ValueError, match="steps/reward"):
-        rlds.write_shard(url, [_raw_episode(2, 2), bad], FEATURES)
+        write_shard(url, [_raw_episode(2, 2), bad], FEATURES)
     assert os.listdir(tmp_path) == []
     missing = _raw_episode(0, 3)
     del missing["episode_metadata"]
     with pytest.raises(UserError, match="episode_metadata/file_path"):
-        rlds.write_shard(url, [missing], FEATURES)
+        write_shard(url, [missing], FEATURES)
     assert os.listdir(tmp_path) == []
 
 
 def test_corrupt_shards(tmp_path):
     vdir = _write_dataset(str(tmp_path), shards=((0, 2, 3),))
-    info = rlds.open_builder(vdir)
+    info = open_builder(vdir)
     url = info.splits["train"][0].url
     data = bytearray(fs.read_bytes(url))
     first_len = int.from_bytes(data[:8], "little") + 16
@@ -270,34 +273,34 @@ def test_corrupt_shards(tmp_path):
     flipped[first_len + 12 + 20] ^= 0xFF
     fs.write_bytes(url, bytes(flipped))
     with pytest.raises(CorruptRecordError) as ei:
-        list(rlds.read_episodes(url, info.features))
+        list(read_episodes(url, info.features))
     assert ei.value.index == 1 and url in str(ei.value) and "record 1" in str(ei.value)
-    stats = rlds.ReadStats()
-    eps = list(rlds.read_episodes(url, info.features, on_corrupt="skip", stats=stats))
+    stats = ReadStats()
+    eps = list(read_episodes(url, info.features, on_corrupt="skip", stats=stats))
     assert [ep["_source"]["index"] for ep in eps] == [0, 2]
     assert stats.corrupt == 1 and stats.episodes == 2 and "record 1" in stats.errors[0]
     # truncated shard: the last record is cut
     fs.write_bytes(url, bytes(data[:-10]))
     with pytest.raises(CorruptRecordError, match="record 2 .*truncated"):
-        list(rlds.read_episodes(url, info.features))
+        list(read_episodes(url, info.features))
     with pytest.raises(CorruptRecordError, match="record 2"):
-        list(rlds.iter_dataset(vdir, num_workers=2))
-    stats = rlds.ReadStats()
-    eps = list(rlds.iter_dataset(vdir, on_corrupt="skip", stats=stats))
+        list(iter_dataset(vdir, num_workers=2))
+    stats = ReadStats()
+    eps = list(iter_dataset(vdir, on_corrupt="skip", stats=stats))
     assert len(eps) == 2 and stats.corrupt == 1
 
 
 def test_gcs_roundtrip(gcs_bucket):
     vdir = _write_dataset(gcs_bucket)
     assert vdir.startswith("gs://")
-    info = rlds.open_builder(fs.join(gcs_bucket, "ours"))
+    info = open_builder(fs.join(gcs_bucket, "ours"))
     assert info.url == vdir and all(s.url.startswith("gs://") for s in info.splits["train"])
-    eps = list(rlds.iter_dataset(vdir, num_workers=2))
+    eps = list(iter_dataset(vdir, num_workers=2))
     assert [int(ep["episode_metadata"]["episode_id"]) for ep in eps] == [0, 1, 2, 3]
     for ep in eps:
         _check_raw(ep, int(ep["episode_metadata"]["episode_id"]))
     with pytest.raises(UserError, match="did you mean ours"):
-        rlds.open_builder(fs.join(gcs_bucket, "our"))
+        open_builder(fs.join(gcs_bucket, "our"))
 
 
 CURATED = {
@@ -333,14 +336,14 @@ def _curated_episode(i: int, T: int) -> dict:
 def test_curated_schema_roundtrip(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     vdir = str(tmp_path / "bridge_orig" / "1.0.0")
-    url = fs.join(vdir, rlds.shard_filename("bridge_orig", "train", 0, 1))
-    res = rlds.write_shard(url, [_curated_episode(i, 3 + i) for i in range(3)], CURATED)
+    url = fs.join(vdir, shard_filename("bridge_orig", "train", 0, 1))
+    res = write_shard(url, [_curated_episode(i, 3 + i) for i in range(3)], CURATED)
     assert res[:2] == (3, 12)
-    rlds.write_builder_metadata(vdir, "bridge_orig", "1.0.0", CURATED, {"train": [3]})
+    write_builder_metadata(vdir, "bridge_orig", "1.0.0", CURATED, {"train": [3]})
     assert int(fs.read_json(fs.join(vdir, "dataset_info.json"))["splits"][0]["numBytes"]) == os.path.getsize(url)
     got = list(tfds.as_numpy(tfds.builder_from_directory(vdir).as_dataset(split="train")))
     assert sorted(g["episode_metadata"]["episode_id"] for g in got) == [b"ep0", b"ep1", b"ep2"]
-    ours = list(rlds.read_episodes(url, rlds.open_builder(vdir).features))
+    ours = list(read_episodes(url, open_builder(vdir).features))
     for i, ep in enumerate(ours):
         s = ep["steps"]
         assert s["observation"]["image_wrist"].tolist() == [b""] * (3 + i)
@@ -355,15 +358,15 @@ def test_writer_encodes_decoded_tensors_and_checks_shapes(tmp_path):
     feats = {"steps": {"a": "Tensor(3,) float32 zlib", "f": "Tensor(2,) float32"}}
     url = str(tmp_path / "z-train.tfrecord-00000-of-00001")
     ep = {"steps": {"a": np.ones((2, 3), np.float32), "f": np.array([[1, 2], [3, 4]])}}  # ints for a float spec
-    rlds.write_shard(url, [ep], feats)
-    (got,) = rlds.read_episodes(url, feats)
+    write_shard(url, [ep], feats)
+    (got,) = read_episodes(url, feats)
     assert got["steps"]["f"].dtype == np.float32 and got["steps"]["f"].tolist() == [[1, 2], [3, 4]]
     np.testing.assert_array_equal(decode_tensor(got["steps"]["a"][1], parse_type_string("Tensor(3,) float32 zlib")),
                                   np.ones(3))
     with pytest.raises(ValueError, match="'steps/f' has 6 values"):
-        rlds.write_shard(url, [{"steps": {"a": ep["steps"]["a"], "f": np.zeros((2, 3))}}], feats)
+        write_shard(url, [{"steps": {"a": ep["steps"]["a"], "f": np.zeros((2, 3))}}], feats)
     with pytest.raises(UserError, match="ragged"):
-        rlds.write_shard(url, [ep], {"steps": {"a": "Tensor(None,) float32"}})
+        write_shard(url, [ep], {"steps": {"a": "Tensor(None,) float32"}})
 
 
 def test_read_and_write_path_do_not_import_tensorflow(tmp_path):
@@ -372,12 +375,13 @@ def test_read_and_write_path_do_not_import_tensorflow(tmp_path):
 
     code = (
         "import sys, numpy as np\n"
-        "from pipeline.data.io import rlds\n"
+        "from pipeline.data.io.rlds_reader import read_episodes\n"
+        "from pipeline.data.io.rlds_writer import write_shard\n"
         f"url = {str(tmp_path / 'n-train.tfrecord-00000-of-00001')!r}\n"
         "feats = {'steps': {'a': 'Tensor(2,) float32', 'img': 'Image(4,4,3) uint8 jpeg'}, 'm': 'Text'}\n"
         "ep = {'steps': {'a': np.zeros((3, 2)), 'img': [b'x'] * 3}, 'm': 'hi'}\n"
-        "rlds.write_shard(url, [ep], feats)\n"
-        "(got,) = rlds.read_episodes(url, feats)\n"
+        "write_shard(url, [ep], feats)\n"
+        "(got,) = read_episodes(url, feats)\n"
         "assert got['steps']['a'].shape == (3, 2) and got['m'] == b'hi'\n"
         "heavy = [m for m in ('tensorflow', 'tensorflow_datasets', 'torch') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
@@ -387,11 +391,11 @@ def test_read_and_write_path_do_not_import_tensorflow(tmp_path):
 
 def test_spec_mismatch_is_a_user_error(tmp_path):
     url = str(tmp_path / "m-train.tfrecord-00000-of-00001")
-    rlds.write_shard(url, [{"steps": {"a": np.zeros((2, 3), np.float32)}}], {"steps": {"a": "Tensor(3,) float32"}})
+    write_shard(url, [{"steps": {"a": np.zeros((2, 3), np.float32)}}], {"steps": {"a": "Tensor(3,) float32"}})
     with pytest.raises(UserError, match="'steps/a' is stored as numbers"):
-        list(rlds.read_episodes(url, {"steps": {"a": "Image(4,4,3) uint8 jpeg"}}))
+        list(read_episodes(url, {"steps": {"a": "Image(4,4,3) uint8 jpeg"}}))
     with pytest.raises(UserError, match="'steps/a' has 6 values"):
-        list(rlds.read_episodes(url, {"steps": {"a": "Tensor(4,) float32"}}))
+        list(read_episodes(url, {"steps": {"a": "Tensor(4,) float32"}}))
 
 
 def test_keys_containing_slash_stay_single_keys(tmp_path):
@@ -400,13 +404,13 @@ def test_keys_containing_slash_stay_single_keys(tmp_path):
     feats = {"steps": {"observation": {"clip_function_input/workspace_bounds": "Tensor(3,3) float32"},
                        "is_first": "bool"}}
     vdir = str(tmp_path / "kuka" / "1.0.0")
-    url = fs.join(vdir, rlds.shard_filename("kuka", "train", 0, 1))
+    url = fs.join(vdir, shard_filename("kuka", "train", 0, 1))
     ep = {"steps": {"observation": {"clip_function_input/workspace_bounds": np.ones((2, 3, 3), np.float32)},
                     "is_first": np.array([True, False])}}
-    rlds.write_shard(url, [ep], feats)
-    rlds.write_builder_metadata(vdir, "kuka", "1.0.0", feats, {"train": [1]})
-    info = rlds.open_builder(vdir)
-    (got,) = rlds.read_episodes(url, info.features)
+    write_shard(url, [ep], feats)
+    write_builder_metadata(vdir, "kuka", "1.0.0", feats, {"train": [1]})
+    info = open_builder(vdir)
+    (got,) = read_episodes(url, info.features)
     assert got["steps"]["observation"]["clip_function_input/workspace_bounds"].shape == (2, 3, 3)
     (tf_ep,) = tfds.as_numpy(tfds.builder_from_directory(vdir).as_dataset(split="train"))
     (step0, _) = list(tf_ep["steps"])

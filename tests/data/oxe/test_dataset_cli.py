@@ -15,7 +15,8 @@ import pipeline  # noqa: F401
 from pipeline import cli, fs
 from pipeline.data.curate.tasks import curated_features
 from pipeline.data.fixtures.datasets import write_fixture_dataset
-from pipeline.data.io import rlds
+from pipeline.data.io.builder import open_builder
+from pipeline.data.io.rlds_reader import read_episodes
 from pipeline.data.manifest import curated_dir, read_manifest
 from pipeline.data.oxe import get_spec, list_datasets
 from pipeline.data.oxe import transforms as tf
@@ -152,17 +153,17 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     stats = fs.read_json(fs.join(curated_dir(out, ROBOT), "dataset_statistics.json"))[ROBOT]
     assert stats["num_trajectories"] == 6 and stats["action"]["mask"] == [True] * 6 + [False]
     # by hand: the raw episodes, standardized with numpy only, match the curated actions (by episode id)
-    info = rlds.open_builder(f"{raw_root}/{ROBOT}")
+    info = open_builder(f"{raw_root}/{ROBOT}")
     expected = {}
     for shard in info.splits["train"]:
-        for raw in rlds.read_episodes(shard.url, info.features):
+        for raw in read_episodes(shard.url, info.features):
             a = raw["steps"]["action"]
             expected[raw["episode_metadata"]["file_path"].decode()] = np.concatenate(
                 [a[:, :3], tf.quat_to_euler(a[:, 3:7]), 1.0 - a[:, 7:8]], 1)
     features = curated_features(manifest["proprio_dim"])
     seen = 0
     for shard in manifest["shards"]:
-        for ep in rlds.read_episodes(fs.join(curated_dir(out, ROBOT), shard["file"]), features):
+        for ep in read_episodes(fs.join(curated_dir(out, ROBOT), shard["file"]), features):
             want = expected[ep["episode_metadata"]["episode_id"].decode()]
             np.testing.assert_allclose(ep["steps"]["action"], want, atol=1e-6)
             assert set(np.unique(ep["steps"]["action"][:, 6])) <= {0.0, 1.0}
@@ -211,7 +212,7 @@ def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
     monkeypatch.delenv(ur.ENV_VAR, raising=False)
     with pytest.raises(UserError):
         get_spec(ROBOT)
-    info = rlds.open_builder(f"{raw_root}/{ROBOT}")
+    info = open_builder(f"{raw_root}/{ROBOT}")
     shard = info.splits["train"][0]
     job = MapJob(dataset=ROBOT, shard_url=shard.url, shard_index=0, source_features=info.features,
                  parts=str(tmp_path / "parts"), num_buckets=1, seed=0, run_key="k", proprio_dim=7, spec_entry=entry)
