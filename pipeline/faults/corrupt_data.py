@@ -215,7 +215,7 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
 
 
 def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
-    from pipeline.data.stream.training_stream import CuratedSource
+    from pipeline.data.stream.source import CuratedSource
 
     ddir = os.path.join(out, DATASET, "1.0.0")
     with open(os.path.join(ddir, "manifest.json")) as fh:

@@ -376,7 +376,7 @@ def _train_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, *, outage_
 
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline import fs
-    from pipeline.bench.stream import write_curated_dataset
+    from pipeline.data.fixtures.curated import write_curated_dataset
     from pipeline.faults.emulator import GcsEmulator
 
     result = ScenarioResult(scenario="storage_outage")

@@ -18,9 +18,7 @@ camera (``b""`` = camera missing -> zeros). Output: float32 [3, H, W] in [0, 1].
 from __future__ import annotations
 
 import io
-import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -31,8 +29,6 @@ __all__ = [
     "apply_color_augment",
     "process_frame",
     "frame_rng",
-    "decode_batch",
-    "read_ring_slot",
 ]
 
 CROP_SCALE = 0.9
@@ -146,98 +142,3 @@ def process_frame(data: bytes, size: tuple[int, int], *, rng: np.random.Generato
     if params is not None:
         pixels = apply_color_augment(pixels, params)
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))
-
-
-def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int, int], augment: bool,
-                 seed: int, epoch: int,
-                 ring: tuple[str, int, int] | None = None) -> tuple[Any, list[tuple[int, int]]]:
-    """Worker entry point: ``items`` = [(global position, (encoded bytes per camera))].
-
-    Returns (pixels, bad): pixels float32 [B, C, 3, H, W] and the (item, camera) pairs whose bytes
-    failed to decode (left as zeros). Randomness depends only on (seed, epoch, position, camera).
-    With ``ring`` = (path, slot, slot_bytes) the batch is written into
-    slot ``slot`` of a ring file that the worker keeps open (no new pages per batch) and
-    ``pixels`` is a handle for :func:`read_ring_slot`; without augmentation the slot holds the
-    resized uint8 [B, C, H, W, 3] (4x fewer bytes) and the consumer scales it to float.
-    """
-    if ring is not None:
-        return _decode_into_ring(items, ring, size=size, augment=augment, seed=seed, epoch=epoch)
-    n_cams = len(items[0][1]) if items else 0
-    out = np.zeros((len(items), n_cams, 3, size[0], size[1]), dtype=np.float32)
-    bad: list[tuple[int, int]] = []
-    for i, (position, images) in enumerate(items):
-        for c, data in enumerate(images):
-            rng = frame_rng(seed, epoch, position, c) if augment else None
-            try:
-                if rng is None and data:  # fast path: scale + transpose straight into the output
-                    pixels = decode_resize(data, size).transpose(2, 0, 1)
-                    np.multiply(pixels, np.float32(1.0 / 255.0), out=out[i, c], casting="unsafe")
-                else:
-                    out[i, c] = process_frame(data, size, rng=rng)
-            except Exception:  # corrupt image bytes: zeros, reported to the caller
-                bad.append((i, c))
-    return out, bad
-
-
-# ring file -> open descriptor, per process (a decode worker keeps its stream's ring open). Workers
-# pwrite each frame into the slot rather than mapping the ring: the tmpfs pages are then counted once
-# (in the training process, which maps the ring), not once more per worker.
-_RING_FDS: dict[str, int] = {}
-
-
-def _ring_fd(path: str) -> int:
-    fd = _RING_FDS.get(path)
-    if fd is None:
-        for old in _RING_FDS.values():  # one stream per worker pool: an older ring is gone
-            os.close(old)
-        _RING_FDS.clear()
-        fd = _RING_FDS[path] = os.open(path, os.O_WRONLY)
-    return fd
-
-
-def _decode_into_ring(items: list[tuple[int, tuple[bytes, ...]]], ring: tuple[str, int, int], *,
-                      size: tuple[int, int], augment: bool, seed: int,
-                      epoch: int) -> tuple[tuple, list[tuple[int, int]]]:
-    path, slot, slot_bytes = ring
-    n_cams = len(items[0][1]) if items else 0
-    if augment:  # color augmentation is float: the slot holds the final float32 [B, C, 3, H, W]
-        frame_shape, dtype = (3, size[0], size[1]), np.dtype(np.float32)
-    else:  # resized uint8, HWC as decoded
-        frame_shape, dtype = (size[0], size[1], 3), np.dtype(np.uint8)
-    frame_bytes = int(np.prod(frame_shape)) * dtype.itemsize
-    if len(items) * n_cams * frame_bytes > slot_bytes:
-        raise ValueError(f"ring slot of {slot_bytes} bytes is too small for {len(items)}x{n_cams} frames "
-                         f"of shape {frame_shape}")
-    fd, zeros = _ring_fd(path), np.zeros(frame_shape, dtype=dtype)
-    bad: list[tuple[int, int]] = []
-    for i, (position, images) in enumerate(items):
-        for c, data in enumerate(images):
-            try:
-                if augment:
-                    frame = process_frame(data, size, rng=frame_rng(seed, epoch, position, c))
-                else:
-                    frame = decode_resize(data, size) if data else zeros
-            except Exception:  # corrupt image bytes: zeros (the slot holds an older batch), reported
-                frame = zeros
-                bad.append((i, c))
-            frame = np.ascontiguousarray(frame, dtype=dtype)
-            offset = slot * slot_bytes + (i * n_cams + c) * frame_bytes
-            if os.pwrite(fd, frame, offset) != frame_bytes:
-                raise OSError(f"{path}: short write into ring slot {slot}")
-    return ("ring", slot, (len(items), n_cams, *frame_shape), dtype.str), bad
-
-
-def read_ring_slot(buffer: Any, handle: tuple, slot_bytes: int) -> np.ndarray:
-    """float32 [B, C, 3, H, W] in [0, 1] (a new array) from a ring slot written by :func:`decode_batch`.
-
-    Bit-identical to the in-memory path: uint8 slots are scaled by float32(1/255) as it does.
-    """
-    _, slot, shape, dtype = handle
-    src = np.frombuffer(buffer, dtype=np.dtype(dtype), count=int(np.prod(shape)),
-                        offset=slot * slot_bytes).reshape(shape)
-    if src.dtype != np.uint8:
-        return src.copy()
-    b, c, h, w, _ = shape
-    out = np.empty((b, c, 3, h, w), dtype=np.float32)
-    np.multiply(src.transpose(0, 1, 4, 2, 3), np.float32(1.0 / 255.0), out=out, casting="unsafe")
-    return out

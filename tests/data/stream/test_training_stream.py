@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from pipeline import fs
-from pipeline.bench.stream import write_curated_dataset
+from pipeline.data.fixtures.curated import write_curated_dataset
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.stream.normalize import normalize_bounds_q99
-from pipeline.data.stream.training_stream import CuratedSource, StreamConfig, TrainingStream
+from pipeline.data.stream.source import CuratedSource
+from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 from pipeline.errors import UserError
 
 LENGTHS = {"bridge_orig": [5, 6, 7, 8, 4], "fractal20220817_data": [6, 6, 6]}  # 30 + 18 = 48 frames
@@ -253,7 +254,7 @@ def test_tight_buffer_shrinks_window_but_keeps_coverage(data_root, tmp_path):
 
 
 def test_manifest_index_skips_the_scan(data_root, tmp_path):
-    from pipeline.data.stream.training_stream import _scan_shard
+    from pipeline.data.stream.source import _scan_shard
 
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)

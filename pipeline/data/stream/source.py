@@ -1,0 +1,194 @@
+"""Where the stream's episodes come from: one :class:`EpisodeSource` per mixture dataset.
+
+:class:`CuratedSource` reads a curated dataset directory (contracts.md "Curated dataset"): the
+per-shard record index (byte offset, size and steps of each record) comes from the manifest when it
+carries one, else from one streaming scan cached locally under the shard's sha256; episodes are then
+read by byte range, one request each, local or gs://. A record the scan finds corrupt (or one the
+manifest lists but a truncated shard no longer holds) is left out (0 frames) and named in
+``skipped_records``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from pipeline import fs
+from pipeline.data.schema import CAMERA_SLOTS
+from pipeline.data.stream.normalize import DatasetNorm, load_dataset_norm
+from pipeline.data.stream.plan import DatasetLayout
+from pipeline.errors import UserError
+
+__all__ = ["Episode", "EpisodeSource", "CuratedSource"]
+
+log = logging.getLogger("pipeline.stream")
+
+
+@dataclass(slots=True)
+class Episode:
+    """What the stream keeps of one curated episode (encoded images of the chosen cameras only)."""
+
+    episode_id: str
+    images: dict[str, list[bytes]]  # slot -> T encoded images (b"" = missing camera)
+    action: np.ndarray  # float32 [T, 7] raw (unnormalized)
+    instruction: list[str]  # T
+
+    @property
+    def nbytes(self) -> int:
+        return sum(len(b) for imgs in self.images.values() for b in imgs) + self.action.nbytes + 64 * len(self.instruction)
+
+
+class EpisodeSource(Protocol):
+    """One dataset as the stream sees it (CuratedSource implements it; tests may use others)."""
+
+    name: str
+    layout: DatasetLayout  # shards, frames per episode
+    norm: DatasetNorm  # dataset_statistics.json entry
+    episode_bytes: np.ndarray  # int64 [episodes] estimated cache bytes per episode
+
+    def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode: ...  # raises on corrupt data
+    def describe(self, episode: int) -> str: ...  # "<shard url> record <k>" for messages
+
+
+def _scan_shard(url: str) -> dict:
+    """Record offsets/sizes and steps per record of one shard (corrupt records get 0 steps).
+
+    Streams the file record by record (memory: one record).
+    """
+    from pipeline.data.io.example import decode_example
+    from pipeline.data.io.tfrecord import masked_crc32c
+
+    offsets, sizes, frames, pos = [], [], [], 0
+    with fs.open_url(url, "rb") as f:
+        while True:
+            header = f.read(12)
+            if len(header) < 12:
+                if header:
+                    log.warning("%s: record %d is truncated (length header); it is left out of the stream",
+                                url, len(offsets))
+                break
+            length = int.from_bytes(header[:8], "little")
+            if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
+                log.warning("%s: record %d has a corrupt length header; ignoring the rest of the shard",
+                            url, len(offsets))
+                break
+            body = f.read(length + 4)
+            steps = 0
+            if len(body) == length + 4 and int.from_bytes(body[length:], "little") == masked_crc32c(body[:length]):
+                try:
+                    steps = len(decode_example(body[:length], skip=_IMAGE_KEYS).get("steps/is_first", []))
+                except ValueError:
+                    steps = 0
+            if steps == 0:
+                log.warning("%s: record %d is corrupt or empty; it is left out of the stream", url, len(offsets))
+            offsets.append(pos)
+            sizes.append(12 + length + 4)
+            frames.append(steps)
+            pos += 12 + length + 4
+    return {"offsets": offsets, "sizes": sizes, "frames": frames}
+
+
+_IMAGE_KEYS = frozenset(f"steps/observation/image_{s}" for s in CAMERA_SLOTS)
+
+
+def _skipped_records(shards: list[tuple[str, dict]], index: list[dict]) -> list[str]:
+    """"<url> record k" of every record the index left out (0 steps), and of records the manifest
+    lists but the shard no longer holds (truncated file)."""
+    out = []
+    for (url, entry), idx in zip(shards, index):
+        frames = list(idx["frames"])
+        out += [f"{url} record {k}" for k, n in enumerate(frames) if n == 0]
+        expected = int(entry.get("episodes", len(frames)))
+        out += [f"{url} record {k} (missing: shard truncated)" for k in range(len(frames), expected)]
+    return out
+
+
+def _cache_dir(cfg_dir: str) -> str:
+    return cfg_dir or os.path.join(os.path.expanduser("~"), ".cache", "vla-pipeline", "stream-index")
+
+
+class CuratedSource:
+    """A curated dataset directory ``<root>/<name>/1.0.0/`` (contracts.md "Curated dataset").
+
+    The per-shard record index (byte offset, size and steps of each record) is taken from the
+    manifest's shard entry when it carries ``"index": {"offsets", "sizes", "frames"}`` (lists, one
+    value per record); otherwise it is computed by one streaming scan and cached locally under the
+    shard's manifest sha256 (or its size). Episodes are then read by byte range: one request per
+    episode, local or gs://.
+    """
+
+    def __init__(self, root: str, name: str, *, split: str = "train", version: str = "1.0.0",
+                 index_cache_dir: str = "") -> None:
+        self.name = name
+        self.url = fs.join(root, name, version)
+        shards = self._shards(split)
+        cache = _cache_dir(index_cache_dir)
+        index = [entry.get("index") or self._index(url, str(entry.get("sha256", "")), cache)
+                 for url, entry in shards]
+        self.shard_urls = tuple(u for u, _ in shards)
+        self._offsets = [np.asarray(i["offsets"], np.int64) for i in index]
+        self._sizes = [np.asarray(i["sizes"], np.int64) for i in index]
+        self.layout = DatasetLayout(name=name, shard_urls=self.shard_urls,
+                                    frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
+        self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
+        self.norm = load_dataset_norm(fs.join(self.url, "dataset_statistics.json"), name)
+        self.skipped_records = _skipped_records(shards, index)
+        if self.skipped_records:
+            log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,
+                        len(self.skipped_records), "; ".join(self.skipped_records[:5]))
+
+    def _shards(self, split: str) -> list[tuple[str, dict]]:
+        manifest_url = fs.join(self.url, "manifest.json")
+        if not fs.exists(manifest_url):
+            raise UserError(f"{manifest_url} not found: dataset '{self.name}' is not curated (run `vla curate`)")
+        manifest = fs.read_json(manifest_url)
+        shards = [(fs.join(self.url, s["file"]), s) for s in manifest.get("shards", [])
+                  if f"-{split}.tfrecord-" in s["file"]]
+        if not shards:
+            raise UserError(f"{manifest_url}: no '{split}' shards listed for dataset '{self.name}'")
+        return shards
+
+    @staticmethod
+    def _index(url: str, sha: str, cache_dir: str) -> dict:
+        key = sha or str(fs.get_fs(url)[0].size(fs.get_fs(url)[1]))
+        name = hashlib.sha1(f"{url}|{key}".encode()).hexdigest()[:20] + ".json"
+        path = os.path.join(cache_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                return json.load(f)
+        index = fs.retry(lambda: _scan_shard(url), url, what="index scan")  # a retry re-reads the shard
+        fs.write_json(path, index, indent=None)
+        return index
+
+    def _locate(self, episode: int) -> tuple[int, int]:
+        return int(self.layout.episode_shard[episode]), int(self.layout.episode_record[episode])
+
+    def describe(self, episode: int) -> str:
+        shard, record = self._locate(episode)
+        return f"{self.shard_urls[shard]} record {record}"
+
+    def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode:
+        from pipeline.data.io.example import decode_example
+        from pipeline.data.io.tfrecord import read_records
+
+        shard, record = self._locate(episode)
+        url = self.shard_urls[shard]
+        start = int(self._offsets[shard][record])
+        blob = fs.read_range(url, start, start + int(self._sizes[shard][record]))  # retried (fs.retry)
+        data = next(iter(read_records(io.BytesIO(blob), name=f"{url} record {record}")))
+        wanted = {f"steps/observation/image_{c}" for c in cameras}
+        ex = decode_example(data, skip=_IMAGE_KEYS - wanted)
+        steps = len(ex["steps/is_first"])
+        images = {c: list(ex.get(f"steps/observation/image_{c}", [b""] * steps)) for c in cameras}
+        action = np.asarray(ex["steps/action"], dtype=np.float32).reshape(steps, -1)
+        instr = [b.decode("utf-8") for b in ex["steps/language_instruction"]]
+        ep_id = ex.get("episode_metadata/episode_id", [f"{url}:{record}".encode()])[0].decode("utf-8")
+        return Episode(episode_id=ep_id, images=images, action=action, instruction=instr)
