@@ -150,8 +150,8 @@ class CuratedSource:
         if not fs.exists(manifest_url):
             raise UserError(f"{manifest_url} not found: dataset '{self.name}' is not curated (run `vla curate`)")
         manifest = fs.read_json(manifest_url)
-        shards = [(fs.join(self.url, s["file"]), s) for s in manifest.get("shards", [])
-                  if f"-{split}.tfrecord-" in s["file"]]
+        listed = [*manifest.get("shards", []), *manifest.get("validation", {}).get("shards", [])]  # train, val
+        shards = [(fs.join(self.url, s["file"]), s) for s in listed if f"-{split}.tfrecord-" in s["file"]]
         if not shards:
             raise UserError(f"{manifest_url}: no '{split}' shards listed for dataset '{self.name}'")
         return shards
