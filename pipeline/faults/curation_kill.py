@@ -42,7 +42,9 @@ DATASETS = ("bridge_orig", "taco_play")
 
 
 def _ddir(out: str, name: str) -> str:
-    return os.path.join(out, name, "1.0.0")
+    from pipeline.data.manifest import CuratedDataset
+
+    return CuratedDataset(out, name).url
 
 
 def _has(path: str, prefix: str, suffix: str = "") -> bool:

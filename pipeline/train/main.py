@@ -96,6 +96,7 @@ def _check_location(key: str, url: str) -> None:
 
 
 def _check_data(cfg: TrainConfig) -> None:
+    from pipeline.data.manifest import CuratedDataset
     from pipeline.data.mixture.files import load_mixture
 
     root = cfg.data.data_root
@@ -106,8 +107,7 @@ def _check_data(cfg: TrainConfig) -> None:
     if not root_exists:
         raise UserError(f"data.data_root={root}: curated data not found (run `vla curate out={root}`)")
     mixture = load_mixture(cfg.data.mixture)
-    missing = [n for n, w in mixture.datasets.items()
-               if w > 0 and not fs.exists(fs.join(root, n, "1.0.0", "dataset_statistics.json"))]
+    missing = [n for n in mixture.active() if not CuratedDataset(root, n).is_curated()]
     if missing:
         raise UserError(f"data.mixture={cfg.data.mixture}: datasets not curated under {root}: "
                         f"{', '.join(missing)} (run `vla curate mixture={cfg.data.mixture} out={root}`)")
@@ -204,9 +204,11 @@ def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
         ident = {"mean": [0.0] * 7, "std": [1.0] * 7, "min": [-1.0] * 7, "max": [1.0] * 7,
                  "q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 7}
         return {n: {"action": ident, "num_transitions": 0, "num_trajectories": 0} for n in names}
+    from pipeline.data.manifest import CuratedDataset
+
     out: dict = {}
     for name in names:
-        out.update(fs.read_json(fs.join(cfg.data.data_root, name, "1.0.0", "dataset_statistics.json")))
+        out.update(CuratedDataset(cfg.data.data_root, name).statistics())
     return out
 
 

@@ -38,14 +38,16 @@ from pipeline.config import MISSING, helpfield, to_dict
 from pipeline.data.curate.filters import FilterConfig
 from pipeline.data.curate.quarantine import Quarantine, format_quarantine
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats, action_mask
-from pipeline.data.curate.tasks import MapJob, ReduceJob, curated_features, driver_env, run_map, run_reduce
+from pipeline.data.curate.tasks import MapJob, ReduceJob, driver_env, run_map, run_reduce
+from pipeline.data.io.builder import shard_filename
 from pipeline.data.manifest import (
     CURATED_VERSION,
     MANIFEST_NAME,
+    QUARANTINE_NAME,
+    STATISTICS_NAME,
+    CuratedDataset,
     content_hash,
-    curated_dir,
-    read_manifest,
-    shard_name,
+    curated_features,
     source_fingerprint,
 )
 from pipeline.data.mixture.files import Mixture, load_mixture
@@ -65,7 +67,7 @@ class RayConfig:
 class CurateConfig:
     mixture: str = helpfield(MISSING, "mixture name (dataset_mixtures/NAME.yaml) or YAML path")
     source: str = helpfield(MISSING, "raw data root: <source>/<dataset>/<version>/ (local or gs://)")
-    out: str = helpfield(MISSING, "curated output root: writes <out>/<dataset>/1.0.0/")
+    out: str = helpfield(MISSING, f"curated output root: writes <out>/<dataset>/{CURATED_VERSION}/")
     split: str = helpfield("train", "source split to curate")
     seed: int = helpfield(0, "shuffle seed (output is a pure function of source + config)")
     num_shards: int = helpfield(0, "output shards per dataset (0 = as many as the source split)")
@@ -89,7 +91,7 @@ class CurateConfig:
 class DatasetPlan:
     name: str
     source_dir: str
-    out_dir: str
+    curated: CuratedDataset
     shards: list  # [ShardInfo]
     features: dict
     proprio_dim: int
@@ -99,6 +101,10 @@ class DatasetPlan:
     run_key: str
     overrides: dict
     mask: list
+
+    @property
+    def out_dir(self) -> str:
+        return self.curated.url
 
 
 # ------------------------------------------------------------------------------------ planning
@@ -149,7 +155,7 @@ def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     cameras = override.get("cameras", {})
     proprio_dim = _probe_proprio_dim(spec, shards, builder.features, cfg)
     mask = action_mask()  # EEF_POS and our 7-D EEF_R6 projection: gripper unnormalized
-    return DatasetPlan(name=name, source_dir=builder.url, out_dir=curated_dir(cfg.out, name), shards=shards,
+    return DatasetPlan(name=name, source_dir=builder.url, curated=CuratedDataset(cfg.out, name), shards=shards,
                        features=builder.features, proprio_dim=proprio_dim, num_buckets=num_buckets,
                        fingerprint=fingerprint, stats_key=stats_key, run_key=run_key,
                        overrides={"filters": dataclasses.asdict(filters), "cameras": cameras}, mask=mask)
@@ -222,7 +228,7 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict]) -> l
         for key, src, bucket, pos in kept[j * n // num_out:(j + 1) * n // num_out]:
             groups.setdefault((src, bucket), []).append([pos, key])
         inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
-        url = fs.join(plan.out_dir, shard_name(plan.name, "train", j, num_out))
+        url = fs.join(plan.out_dir, shard_filename(plan.name, "train", j, num_out))
         jobs.append(ReduceJob(dataset=plan.name, parts=parts, shard_url=url, out_index=j, inputs=inputs,
                               run_key=plan.run_key, proprio_dim=plan.proprio_dim, env=driver_env()))
     return jobs
@@ -244,8 +250,8 @@ def _commit(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], written: 
         q.merge(Quarantine.from_json(m["quarantine"], cfg.max_examples))
     stats = _merge_partials(plan, cfg)
     fs.write_json(fs.join(plan.out_dir, f"dataset_statistics_{plan.stats_key[:16]}.json"), {plan.name: stats})
-    fs.write_json(fs.join(plan.out_dir, "dataset_statistics.json"), {plan.name: stats})
-    fs.write_json(fs.join(plan.out_dir, "quarantine.json"), q.to_json())
+    fs.write_json(plan.curated.file(STATISTICS_NAME), {plan.name: stats})
+    fs.write_json(plan.curated.file(QUARANTINE_NAME), q.to_json())
     features = curated_features(plan.proprio_dim)
     write_builder_metadata(plan.out_dir, plan.name, CURATED_VERSION, features,
                            {"train": [w["episodes"] for w in written]},
@@ -261,7 +267,7 @@ def _commit(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], written: 
         "config_hash": plan.run_key, "stats_key": plan.stats_key,
         "quarantine": {"episodes_dropped": q.episodes_dropped, "frames_dropped": q.frames_dropped},
     }
-    fs.write_json(fs.join(plan.out_dir, MANIFEST_NAME), manifest)
+    fs.write_json(plan.curated.file(MANIFEST_NAME), manifest)
     if not cfg.keep_parts:
         fs.remove(fs.join(plan.out_dir, "_parts"), recursive=True)
     return {"manifest": manifest, "quarantine": q}
@@ -274,13 +280,13 @@ def _std_version() -> str:
 
 
 def _finished(plan: DatasetPlan) -> bool:
-    manifest = read_manifest(plan.out_dir)
+    manifest = plan.curated.read_manifest()
     return manifest is not None and manifest.get("config_hash") == plan.run_key
 
 
 def _reused(plan: DatasetPlan, cfg: CurateConfig) -> dict:
-    manifest = read_manifest(plan.out_dir)
-    q = Quarantine.from_json(fs.read_json(fs.join(plan.out_dir, "quarantine.json")), cfg.max_examples)
+    manifest = plan.curated.read_manifest()
+    q = Quarantine.from_json(fs.read_json(plan.curated.file(QUARANTINE_NAME)), cfg.max_examples)
     return {"manifest": manifest, "quarantine": q, "status": "reused"}
 
 
@@ -384,8 +390,8 @@ def curate(cfg: CurateConfig) -> list[dict]:
     plans = [plan_dataset(name, mixture, cfg) for name in mixture.active()]  # UserErrors before any work
     todo = [p for p in plans if not _finished(p)]
     for plan in todo:  # stale output of another config: its manifest goes first, the new one is written last
-        if read_manifest(plan.out_dir) is not None:
-            fs.remove(fs.join(plan.out_dir, MANIFEST_NAME))
+        if plan.curated.is_curated():
+            fs.remove(plan.curated.file(MANIFEST_NAME))
     runs = {p.name: _Run(p, _map_jobs(p, cfg)) for p in todo}
     if runs:
         started = _init_ray(cfg)

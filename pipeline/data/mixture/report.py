@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass
 
 from pipeline.config import MISSING, helpfield
-from pipeline.data.manifest import curated_counts
+from pipeline.data.manifest import CuratedDataset
 from pipeline.data.mixture.files import EPOCH_DEFINITION, Mixture, load_mixture, sampling_shares
 
 __all__ = ["MixtureShowConfig", "MixtureDiffConfig", "mixture_rows", "run_show", "run_diff"]
@@ -43,7 +43,7 @@ def _counts(mixture: Mixture, curated: str) -> dict[str, tuple[int, int]]:
         return {}
     out = {}
     for name in mixture.datasets:
-        counts = curated_counts(curated, name)
+        counts = CuratedDataset(curated, name).counts()
         if counts is not None:
             out[name] = counts
     return out

@@ -10,7 +10,6 @@ manifest lists but a truncated shard no longer holds) is left out (0 frames) and
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,10 +21,10 @@ from typing import Protocol
 import numpy as np
 
 from pipeline import fs
+from pipeline.data.manifest import STATISTICS_NAME, CuratedDataset, content_hash
 from pipeline.data.schema import CAMERA_SLOTS
-from pipeline.data.stream.normalize import DatasetNorm, load_dataset_norm
+from pipeline.data.stream.normalize import DatasetNorm, parse_dataset_norm
 from pipeline.data.stream.plan import DatasetLayout
-from pipeline.errors import UserError
 
 __all__ = ["Episode", "EpisodeSource", "CuratedSource"]
 
@@ -116,7 +115,7 @@ def _cache_dir(cfg_dir: str) -> str:
 
 
 class CuratedSource:
-    """A curated dataset directory ``<root>/<name>/1.0.0/`` (contracts.md "Curated dataset").
+    """One curated dataset (:class:`pipeline.data.manifest.CuratedDataset`, contracts.md "Curated dataset").
 
     The per-shard record index (byte offset, size and steps of each record) is taken from the
     manifest's shard entry when it carries ``"index": {"offsets", "sizes", "frames"}`` (lists, one
@@ -125,11 +124,10 @@ class CuratedSource:
     episode, local or gs://.
     """
 
-    def __init__(self, root: str, name: str, *, split: str = "train", version: str = "1.0.0",
-                 index_cache_dir: str = "") -> None:
-        self.name = name
-        self.url = fs.join(root, name, version)
-        shards = self._shards(split)
+    def __init__(self, dataset: CuratedDataset, *, split: str = "train", index_cache_dir: str = "") -> None:
+        self.name = name = dataset.name
+        self.url = dataset.url
+        shards = dataset.shards(split)
         cache = _cache_dir(index_cache_dir)
         index = [entry.get("index") or self._index(url, str(entry.get("sha256", "")), cache)
                  for url, entry in shards]
@@ -139,27 +137,16 @@ class CuratedSource:
         self.layout = DatasetLayout(name=name, shard_urls=self.shard_urls,
                                     frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
         self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
-        self.norm = load_dataset_norm(fs.join(self.url, "dataset_statistics.json"), name)
+        self.norm = parse_dataset_norm(dataset.statistics(), name, where=dataset.file(STATISTICS_NAME))
         self.skipped_records = _skipped_records(shards, index)
         if self.skipped_records:
             log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,
                         len(self.skipped_records), "; ".join(self.skipped_records[:5]))
 
-    def _shards(self, split: str) -> list[tuple[str, dict]]:
-        manifest_url = fs.join(self.url, "manifest.json")
-        if not fs.exists(manifest_url):
-            raise UserError(f"{manifest_url} not found: dataset '{self.name}' is not curated (run `vla curate`)")
-        manifest = fs.read_json(manifest_url)
-        shards = [(fs.join(self.url, s["file"]), s) for s in manifest.get("shards", [])
-                  if f"-{split}.tfrecord-" in s["file"]]
-        if not shards:
-            raise UserError(f"{manifest_url}: no '{split}' shards listed for dataset '{self.name}'")
-        return shards
-
     @staticmethod
     def _index(url: str, sha: str, cache_dir: str) -> dict:
         key = sha or str(fs.get_fs(url)[0].size(fs.get_fs(url)[1]))
-        name = hashlib.sha1(f"{url}|{key}".encode()).hexdigest()[:20] + ".json"
+        name = content_hash(url, key)[:20] + ".json"
         path = os.path.join(cache_dir, name)
         if os.path.exists(path):
             with open(path) as f:

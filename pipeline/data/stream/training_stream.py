@@ -42,8 +42,6 @@ decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode` des
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +53,7 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
+from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash
 from pipeline.data.schema import CAMERA_SLOTS
 from pipeline.data.stream.cache import EpisodeCache, make_keys, split_key
 from pipeline.data.stream.decode import DecodePool
@@ -67,12 +66,12 @@ __all__ = ["StreamConfig", "TrainingStream", "STATE_VERSION"]
 
 log = logging.getLogger("pipeline.stream")
 _NO_PIXELS = np.zeros((0,), dtype=np.float32)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: hashes by manifest.content_hash
 
 
 @dataclass(kw_only=True)
 class StreamConfig:
-    data_root: str = helpfield(MISSING, "curated output root (local dir or gs://), holds <dataset>/1.0.0/")
+    data_root: str = helpfield(MISSING, f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
     mixture: str = helpfield(MISSING, "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
     batch_size: int = helpfield(32, "samples per rank per step (global batch = world_size * batch_size)")
     seed: int = helpfield(0, "seed of the epoch plans and of the augmentation draws")
@@ -98,10 +97,6 @@ class StreamConfig:
         bad = [c for c in self.cameras if c not in CAMERA_SLOTS]
         if bad or not self.cameras:
             raise ValueError(f"stream.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
-
-
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------ stream
@@ -133,8 +128,8 @@ class TrainingStream:
             mixture = load_mixture(cfg.mixture)
         names = [n for n, w in mixture.datasets.items() if w > 0]
         if sources is None:
-            sources = [CuratedSource(cfg.data_root, n, split=cfg.split, index_cache_dir=cfg.index_cache_dir)
-                       for n in names]
+            sources = [CuratedSource(CuratedDataset(cfg.data_root, n), split=cfg.split,
+                                     index_cache_dir=cfg.index_cache_dir) for n in names]
         self._sources = list(sources)
         self.dataset_names = [s.name for s in self._sources]
         sizes = [s.layout.num_frames for s in self._sources]
@@ -142,9 +137,10 @@ class TrainingStream:
         self.shares = compute_shares(weights, sizes, bool(mixture.balance_by_size))
         self.counts = largest_remainder(self.shares, int(sum(sizes)))
         self.windows = [self._window(s, share) for s, share in zip(self._sources, self.shares)]
-        self.mixture_hash = _hash({"names": self.dataset_names, "weights": weights, "sizes": sizes,
-                                   "balance": bool(mixture.balance_by_size)})
-        self.plan_hash = _hash({"mixture": self.mixture_hash, "windows": self.windows, "counts": self.counts.tolist()})
+        self.mixture_hash = content_hash({"names": self.dataset_names, "weights": weights, "sizes": sizes,
+                                   "balance": bool(mixture.balance_by_size)})[:16]
+        self.plan_hash = content_hash({"mixture": self.mixture_hash, "windows": self.windows,
+                                       "counts": self.counts.tolist()})[:16]
         if self.epoch_length() < self.global_batch:
             raise UserError(f"mixture {mixture.name}: an epoch has {self.epoch_length()} frames, fewer than one "
                             f"global batch ({world_size} x stream.batch_size={cfg.batch_size}); lower batch_size")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from pipeline import cli, fs
-from pipeline.data.manifest import curated_dir
+from pipeline.data.manifest import CuratedDataset
 from pipeline.data.mixture.files import (
     MIXTURE_DIR,
     list_mixtures,
@@ -103,7 +103,7 @@ def test_shares_and_epoch():
 
 def _fake_curated(root: str, frames: dict[str, int]) -> None:
     for name, n in frames.items():
-        fs.write_json(fs.join(curated_dir(root, name), "manifest.json"), {"total_frames": n, "total_episodes": n // 10})
+        fs.write_json(fs.join(CuratedDataset(root, name).url, "manifest.json"), {"total_frames": n, "total_episodes": n // 10})
 
 
 def test_cli_show_and_diff(tmp_path, capsys):

@@ -13,11 +13,10 @@ import pytest
 
 import pipeline  # noqa: F401
 from pipeline import cli, fs
-from pipeline.data.curate.tasks import curated_features
 from pipeline.data.fixtures.datasets import write_fixture_dataset
 from pipeline.data.io.builder import open_builder
 from pipeline.data.io.rlds_reader import read_episodes
-from pipeline.data.manifest import curated_dir, read_manifest
+from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset, curated_features
 from pipeline.data.oxe import get_spec, list_datasets
 from pipeline.data.oxe import transforms as tf
 from pipeline.data.oxe import user_registry as ur
@@ -148,9 +147,9 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     out = str(tmp_path / "curated")
     code, stdout, err = _vla(capsys, "curate", f"mixture={mixture}", f"source={raw_root}", f"out={out}", "progress=false")
     assert code == 0, err
-    manifest = read_manifest(curated_dir(out, ROBOT))
+    manifest = CuratedDataset(out, ROBOT).read_manifest()
     assert manifest["total_episodes"] == 6 and manifest["proprio_dim"] == 13
-    stats = fs.read_json(fs.join(curated_dir(out, ROBOT), "dataset_statistics.json"))[ROBOT]
+    stats = fs.read_json(fs.join(CuratedDataset(out, ROBOT).url, "dataset_statistics.json"))[ROBOT]
     assert stats["num_trajectories"] == 6 and stats["action"]["mask"] == [True] * 6 + [False]
     # by hand: the raw episodes, standardized with numpy only, match the curated actions (by episode id)
     info = open_builder(f"{raw_root}/{ROBOT}")
@@ -163,7 +162,7 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     features = curated_features(manifest["proprio_dim"])
     seen = 0
     for shard in manifest["shards"]:
-        for ep in read_episodes(fs.join(curated_dir(out, ROBOT), shard["file"]), features):
+        for ep in read_episodes(fs.join(CuratedDataset(out, ROBOT).url, shard["file"]), features):
             want = expected[ep["episode_metadata"]["episode_id"].decode()]
             np.testing.assert_allclose(ep["steps"]["action"], want, atol=1e-6)
             assert set(np.unique(ep["steps"]["action"][:, 6])) <= {0.0, 1.0}
@@ -174,7 +173,7 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     assert "curated" in stdout
     assert _register(capsys, raw_root, registry, "force=true", "state_keys=[ee_pose]")[0] == 0
     code, stdout, err = _vla(capsys, "curate", f"mixture={mixture}", f"source={raw_root}", f"out={out}", "progress=false")
-    assert code == 0 and read_manifest(curated_dir(out, ROBOT))["proprio_dim"] == 7, err
+    assert code == 0 and CuratedDataset(out, ROBOT).read_manifest()["proprio_dim"] == 7, err
 
 
 def test_make_demo_robot_dataset(tmp_path, ray_session):
@@ -182,7 +181,7 @@ def test_make_demo_robot_dataset(tmp_path, ray_session):
 
     paths = make_demo_robot_dataset(str(tmp_path / "demo"), episodes=4, image_size=32, steps="5-7")
     assert paths["dataset"] == "acme_arm_demo" and paths["episodes"] == {"train": 3, "val": 1}
-    manifest = read_manifest(paths["curated_dir"])
+    manifest = fs.read_json(fs.join(paths["curated_dir"], MANIFEST_NAME))
     assert manifest["total_episodes"] == paths["curated_episodes"] == 3
     assert fs.exists(fs.join(paths["curated_dir"], "dataset_statistics.json"))
     again = make_demo_robot_dataset(str(tmp_path / "again"), episodes=4, image_size=32, steps="5-7", curate=False)

@@ -12,6 +12,7 @@ import torch
 
 from pipeline import fs
 from pipeline.data.fixtures.curated import write_curated_dataset
+from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.stream.normalize import normalize_bounds_q99
 from pipeline.data.stream.source import CuratedSource
@@ -163,10 +164,10 @@ def test_output_independent_of_worker_count(data_root, tmp_path, augment):
 
 def test_gcs_source_matches_local(data_root, tmp_path, gcs_bucket):
     for name in LENGTHS:
-        local = os.path.join(data_root, name, "1.0.0")
+        local = CuratedDataset(data_root, name).url
         for file in sorted(os.listdir(local)):
             with open(os.path.join(local, file), "rb") as f:
-                fs.write_bytes(fs.join(gcs_bucket, name, "1.0.0", file), f.read())
+                fs.write_bytes(CuratedDataset(gcs_bucket, name).file(file), f.read())
     with _stream(_cfg(data_root, str(tmp_path / "a"))) as s:
         want = _take(s, 6)
     with _stream(_cfg(gcs_bucket, str(tmp_path / "b"))) as s:
@@ -191,7 +192,7 @@ def test_corrupt_record_is_counted_and_skipped(data_root, tmp_path, caplog):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
     cfg = _cfg(root, str(tmp_path), batch_size=4)
-    source = CuratedSource(root, "bridge_orig", index_cache_dir=cfg.index_cache_dir)  # index cached before damage
+    source = CuratedSource(CuratedDataset(root, "bridge_orig"), index_cache_dir=cfg.index_cache_dir)  # index cached before damage
     shard = _flip_record(source, 1)
     with caplog.at_level(logging.WARNING, logger="pipeline.stream"), _stream(cfg) as s:
         batches = _take(s, 12)  # one full epoch
@@ -204,7 +205,7 @@ def test_corrupt_record_is_counted_and_skipped(data_root, tmp_path, caplog):
 def test_corrupt_record_found_by_the_index_scan_is_left_out(data_root, tmp_path, caplog):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
-    shard = _flip_record(CuratedSource(root, "bridge_orig", index_cache_dir=str(tmp_path / "pristine")), 1)
+    shard = _flip_record(CuratedSource(CuratedDataset(root, "bridge_orig"), index_cache_dir=str(tmp_path / "pristine")), 1)
     cfg = _cfg(root, str(tmp_path))  # fresh index cache: the scan sees the damage
     with caplog.at_level(logging.WARNING, logger="pipeline.stream"), _stream(cfg) as s:
         assert s.epoch_length() == TOTAL - LENGTHS["bridge_orig"][1]
@@ -240,7 +241,7 @@ def test_weighted_mixture_draw_counts(data_root, tmp_path):
 
 def test_tight_buffer_shrinks_window_but_keeps_coverage(data_root, tmp_path):
     cfg = _cfg(data_root, str(tmp_path), batch_size=4)
-    sources = [CuratedSource(data_root, n, index_cache_dir=cfg.index_cache_dir) for n in LENGTHS]
+    sources = [CuratedSource(CuratedDataset(data_root, n), index_cache_dir=cfg.index_cache_dir) for n in LENGTHS]
     for src in sources:  # pretend episodes are huge: the 1 MiB budget then allows a window of 1 episode
         src.episode_bytes = src.episode_bytes * 10**6
     with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=StubBuilder(), pad_id=0, mixture=MIX,
@@ -259,11 +260,11 @@ def test_manifest_index_skips_the_scan(data_root, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
     for name in LENGTHS:
-        url = os.path.join(root, name, "1.0.0", "manifest.json")
-        manifest = fs.read_json(url)
+        dataset = CuratedDataset(root, name)
+        manifest = dataset.manifest()
         for entry in manifest["shards"]:
-            entry["index"] = _scan_shard(os.path.join(root, name, "1.0.0", entry["file"]))
-        fs.write_json(url, manifest)
+            entry["index"] = _scan_shard(dataset.file(entry["file"]))
+        fs.write_json(dataset.file(MANIFEST_NAME), manifest)
     cfg = _cfg(root, str(tmp_path / "fresh"))
     with _stream(cfg) as s, _stream(_cfg(data_root, str(tmp_path))) as ref:
         for a, b in zip(_take(s, 4), _take(ref, 4)):
