@@ -195,6 +195,7 @@ class _Builder:
 
 def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], int]:
     """One epoch of the training stream: (stats, warnings, batches); raises if the stream does."""
+    from pipeline.data.mixture.files import load_mixture
     from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     handler = WarningLines()
@@ -202,9 +203,10 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
     for lg in loggers:
         lg.addHandler(handler)
     try:
-        cfg = StreamConfig(data_root=out, mixture=mixture, batch_size=2, num_workers=0, resolution=16,
+        cfg = StreamConfig(data_root=out, batch_size=2, num_workers=0, resolution=16,
                            buffer_bytes=2**20, index_cache_dir=cache, io_threads=2)
-        with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0) as stream:
+        with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0,
+                            mixture=load_mixture(mixture)) as stream:
             steps = stream.epoch_length() // cfg.batch_size
             for _ in range(steps):
                 batch = next(stream)

@@ -11,9 +11,9 @@ Flow (one rank)::
          worker, results taken back in batch order (output independent of worker count)
       -> BOUNDS_Q99 action normalization (normalize.py) + prompt builder + collate -> batch
 
-EPOCH DEFINITION: see ``pipeline.data.stream.plan`` (one epoch = E = sum_i N_i draws; dataset i gets
-round(share_i * E) of them, walking seeded windowed permutations of its frames, wrapping or
-truncating). The window W_i (episodes "live" at once in dataset i's permutation) is derived from
+EPOCH DEFINITION: see ``pipeline.data.mixture.shares`` and ``pipeline.data.stream.plan`` (one epoch =
+E = sum_i N_i draws; dataset i gets round(share_i * E) of them, walking seeded windowed permutations
+of its frames, wrapping or truncating). The mixture is parsed once by the caller and handed in. The window W_i (episodes "live" at once in dataset i's permutation) is derived from
 ``buffer_bytes``: W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i)
 (frames are freed as they are used, so on average half of each live episode is held), so
 the plan depends on ``buffer_bytes`` and the data, never on world size, rank or worker count.
@@ -54,11 +54,13 @@ import numpy as np
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
 from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash
+from pipeline.data.mixture.files import Mixture
+from pipeline.data.mixture.shares import epoch_draws
 from pipeline.data.schema import CAMERA_SLOTS
 from pipeline.data.stream.cache import EpisodeCache, make_keys, split_key
 from pipeline.data.stream.decode import DecodePool
 from pipeline.data.stream.normalize import normalize_bounds_q99
-from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, compute_shares, largest_remainder
+from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, rank_positions
 from pipeline.data.stream.source import CuratedSource, Episode, EpisodeSource
 from pipeline.errors import UserError
 
@@ -72,7 +74,6 @@ STATE_VERSION = 2  # 2: hashes by manifest.content_hash
 @dataclass(kw_only=True)
 class StreamConfig:
     data_root: str = helpfield(MISSING, f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
-    mixture: str = helpfield(MISSING, "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
     batch_size: int = helpfield(32, "samples per rank per step (global batch = world_size * batch_size)")
     seed: int = helpfield(0, "seed of the epoch plans and of the augmentation draws")
     resolution: int = helpfield(224, "model image size (square), Lanczos resize")
@@ -110,35 +111,33 @@ class TrainingStream:
             ``pipeline.model.prompt.ActionPromptBuilder``); reads ``language_instruction`` and the
             normalized ``action``.
         pad_id: padding id for ``input_ids`` (default: the builder's ``text_tokenizer.pad_token_id``).
-        mixture: a ``Mixture`` (default: ``load_mixture(cfg.mixture)``).
-        sources: one :class:`EpisodeSource` per mixture dataset (default: :class:`CuratedSource`).
+        mixture: the parsed :class:`~pipeline.data.mixture.files.Mixture` (weights, balance_by_size).
+        sources: one :class:`EpisodeSource` per weighted dataset of the mixture, in its order
+            (default: a :class:`CuratedSource` of each under ``cfg.data_root``).
     """
 
     def __init__(self, cfg: StreamConfig, *, rank: int, world_size: int, prompt_builder: Callable[[dict], dict],
-                 pad_id: int | None = None, mixture: Any = None,
-                 sources: Sequence[EpisodeSource] | None = None) -> None:
+                 mixture: Mixture, pad_id: int | None = None, sources: Sequence[EpisodeSource] | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self._builder = prompt_builder
         self._pad_id = pad_id if pad_id is not None else int(prompt_builder.text_tokenizer.pad_token_id)
-        if mixture is None:
-            from pipeline.data.mixture.files import load_mixture
-
-            mixture = load_mixture(cfg.mixture)
-        names = [n for n, w in mixture.datasets.items() if w > 0]
+        names = list(mixture.active())
         if sources is None:
             sources = [CuratedSource(CuratedDataset(cfg.data_root, n), split=cfg.split,
                                      index_cache_dir=cfg.index_cache_dir) for n in names]
         self._sources = list(sources)
         self.dataset_names = [s.name for s in self._sources]
-        sizes = [s.layout.num_frames for s in self._sources]
-        weights = [float(mixture.datasets[n]) for n in self.dataset_names]
-        self.shares = compute_shares(weights, sizes, bool(mixture.balance_by_size))
-        self.counts = largest_remainder(self.shares, int(sum(sizes)))
+        if self.dataset_names != names:
+            raise ValueError(f"sources {self.dataset_names} are not the weighted datasets {names} of "
+                             f"mixture {mixture.name}")
+        draws = epoch_draws(mixture, {s.name: s.layout.num_frames for s in self._sources})
+        self.shares, self.counts = draws.shares, draws.counts
         self.windows = [self._window(s, share) for s, share in zip(self._sources, self.shares)]
-        self.mixture_hash = content_hash({"names": self.dataset_names, "weights": weights, "sizes": sizes,
-                                   "balance": bool(mixture.balance_by_size)})[:16]
+        self.mixture_hash = content_hash({"names": self.dataset_names, "weights": list(draws.weights),
+                                          "sizes": list(draws.frames),
+                                          "balance": bool(mixture.balance_by_size)})[:16]
         self.plan_hash = content_hash({"mixture": self.mixture_hash, "windows": self.windows,
                                        "counts": self.counts.tolist()})[:16]
         if self.epoch_length() < self.global_batch:
@@ -223,8 +222,7 @@ class TrainingStream:
         self.stats["dropped_tail_samples"] += max(0, len(plan) - position - steps * g)
         if steps <= 0:
             return
-        starts = position + g * np.arange(steps, dtype=np.int64)
-        pos = (starts[:, None] + self.rank * b + np.arange(b)).reshape(-1)
+        pos = rank_positions(position, steps, world_size=self.world_size, rank=self.rank, batch_size=b).reshape(-1)
         ds, fr = plan.dataset[pos], plan.frame[pos]
         cache = EpisodeCache(make_keys(ds, plan.pass_index[pos], plan.episode[pos]), fr, budget=self.cfg.buffer_bytes,
                              cameras=self.cfg.cameras, frame_bytes=self._frame_bytes, read=self._read,
@@ -235,7 +233,7 @@ class TrainingStream:
             cache.pump(need_upto=(k + 1) * b)
             samples = self._gather(cache, cache.sample_slot[sl], ds[sl], fr[sl], pos[sl])
             items = [(s["position"], s["images"]) for s in samples]
-            pending.append((self._decoder.submit(items, epoch), samples, epoch, int(starts[k]) + g))
+            pending.append((self._decoder.submit(items, epoch), samples, epoch, position + (k + 1) * g))
             if len(pending) > self.cfg.prefetch_batches:
                 yield self._finish(*pending.popleft())
         while pending:

@@ -45,7 +45,7 @@ def data_root(tmp_path_factory):
 
 
 def _cfg(root: str, tmp: str, **kw) -> StreamConfig:
-    base = dict(data_root=root, mixture="t", batch_size=2, num_workers=0, resolution=8,
+    base = dict(data_root=root, batch_size=2, num_workers=0, resolution=8,
                 index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20, seed=5)
     base.update(kw)
     return StreamConfig(**base)
@@ -274,9 +274,9 @@ def test_manifest_index_skips_the_scan(data_root, tmp_path):
 
 def test_config_checks():
     with pytest.raises(ValueError, match="batch_size"):
-        StreamConfig(data_root="x", mixture="y", batch_size=0)
+        StreamConfig(data_root="x", batch_size=0)
     with pytest.raises(ValueError, match="cameras"):
-        StreamConfig(data_root="x", mixture="y", cameras=["top"])
+        StreamConfig(data_root="x", cameras=["top"])
 
 
 def test_real_prompt_builder_and_extra_camera(data_root, tmp_path):
