@@ -148,7 +148,8 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
     """Files under a final name that are not complete (checked right after a kill)."""
     import json
 
-    from pipeline.data.io.tfrecord import CorruptRecordError, read_records
+    from pipeline.data.io.errors import CorruptRecordError
+    from pipeline.data.io.tfrecord import read_records
 
     problems = []
     for name in names:

@@ -13,10 +13,11 @@ Flow (one rank)::
 
 EPOCH DEFINITION: see ``pipeline.data.mixture.shares`` and ``pipeline.data.stream.plan`` (one epoch =
 E = sum_i N_i draws; dataset i gets round(share_i * E) of them, walking seeded windowed permutations
-of its frames, wrapping or truncating). The mixture is parsed once by the caller and handed in. The window W_i (episodes "live" at once in dataset i's permutation) is derived from
-``buffer_bytes``: W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i)
-(frames are freed as they are used, so on average half of each live episode is held), so
-the plan depends on ``buffer_bytes`` and the data, never on world size, rank or worker count.
+of its frames, wrapping or truncating). The mixture is parsed once by the caller and handed in. The
+window W_i (episodes "live" at once in dataset i's permutation) is derived from ``buffer_bytes``:
+W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i) (frames are freed as
+they are used, so on average half of each live episode is held), so the plan depends on
+``buffer_bytes`` and the data, never on world size, rank or worker count.
 
 RANK SHARDING / STATE: position = global samples consumed in the epoch. Global batch at position p
 gives rank r the positions [p + r*B, p + (r+1)*B). When fewer than world_size*B positions remain
@@ -25,15 +26,17 @@ the epoch ends; that tail (< one global batch) is dropped for the epoch and coun
 mixture_hash, plan_hash, epoch, position}; restoring at another world size (or batch size)
 resumes the same epoch at the same global position, so each planned frame is still used once.
 
-FAILURES: an episode that fails to read (CRC mismatch, malformed record) is counted in
-``stats["corrupt_episodes"]`` with a warning naming the shard and record; its samples are replaced
-by the previous good sample of the same batch (the next one for the first), counted in
-``stats["replaced_samples"]``; a batch with no readable sample repeats the last good sample of
-the stream (UserError if there is none yet). An image that fails to decode becomes zeros
-(``stats["bad_images"]``, the warning names shard and record). ``stats`` are per process and not part
-of the state. A record found corrupt by the index scan (or listed by the manifest but cut off a
-truncated shard) is left out of the plan (0 frames), counted in ``stats["skipped_records"]`` and
-named in a warning.
+FAILURES: an episode whose bytes are corrupt (a ``CorruptDataError`` of the readers: CRC mismatch,
+truncation, a malformed or mis-shaped record) is counted in ``stats["corrupt_episodes"]`` with a
+warning naming the shard and record; its samples are replaced by the previous good sample of the
+same batch (the next one for the first), counted in ``stats["replaced_samples"]``; a batch with no
+readable sample repeats the last good sample of the stream (UserError if there is none yet). An
+image whose bytes do not decode becomes zeros (``stats["bad_images"]``, the warning names shard and
+record). Any other error while reading or decoding (a bug, a missing file) fails the stream with a
+message naming the dataset, episode, shard and record; storage down past its retries raises
+``fs.StorageUnavailable``. ``stats`` are per process and not part of the state. A record found
+corrupt by the index scan (or listed by the manifest but cut off a truncated shard) is left out of
+the plan (0 frames), counted in ``stats["skipped_records"]`` and named in a warning.
 
 DETAILS: the per-shard record index is built as :mod:`pipeline.data.stream.source` describes; the
 decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode` describes. The ring has
@@ -53,6 +56,7 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
+from pipeline.data.io.errors import CorruptDataError
 from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.mixture.shares import epoch_draws
@@ -187,16 +191,21 @@ class TrainingStream:
         return out
 
     def _read(self, key: int) -> Episode | None:
+        """The episode, or None when its bytes are corrupt (counted, warned); anything else fails loudly."""
         ds, ep = split_key(key)
+        source = self._sources[ds]
         try:
-            return self._sources[ds].read_episode(ep, self.cfg.cameras)
-        except fs.StorageUnavailable:  # storage down past the retry budget: fail, never skip silently
-            raise
-        except Exception as e:  # corrupt bytes, CRC mismatch, malformed record
+            return source.read_episode(ep, self.cfg.cameras)
+        except CorruptDataError as e:  # CRC mismatch, truncation, malformed record: counted and replaced
             self.stats["corrupt_episodes"] += 1
-            log.warning("[rank %d] skipping corrupt episode %s: %s", self.rank, self._sources[ds].describe(ep),
+            log.warning("[rank %d] skipping corrupt episode %s: %s", self.rank, source.describe(ep),
                         str(e).splitlines()[0])
             return None
+        except fs.StorageUnavailable:  # storage down past the retry budget: fail, never skip silently
+            raise
+        except Exception as e:  # not a data error (a bug, a missing file): fail, naming the episode
+            raise RuntimeError(f"[rank {self.rank}] reading episode {ep} of dataset {source.name} "
+                               f"({source.describe(ep)}) failed: {type(e).__name__}: {e}") from e
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> TrainingStream:
