@@ -97,7 +97,7 @@ class _Where:
 
 
 def _check_dataset(name: str, where: _Where) -> None:
-    from pipeline.data.oxe import get_spec  # registry (imported here: it is a sibling package)
+    from pipeline.data.oxe import get_spec  # imported when a file is parsed: the Mixture type stays light
 
     try:
         spec = get_spec(name)

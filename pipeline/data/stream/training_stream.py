@@ -183,7 +183,7 @@ class TrainingStream:
 
     def _frame_bytes(self, keys: np.ndarray) -> np.ndarray:
         """Estimated cache bytes of one frame of each keyed episode (record bytes / steps)."""
-        ds, ep = keys >> 48, keys & 0xFFFFFFFF
+        ds, ep = split_key(keys)
         out = np.zeros(len(keys), dtype=np.int64)
         for d, src in enumerate(self._sources):
             sel = ds == d
