@@ -66,7 +66,7 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
 
     builder = ActionPromptBuilder(build_demo_tokenizer(INSTRUCTIONS))
     mixture = Mixture(name="bench", datasets={d: 1.0 for d in datasets}, balance_by_size=True)
-    cfg = StreamConfig(data_root=args.data, mixture="bench", batch_size=args.batch, num_workers=args.workers,
+    cfg = StreamConfig(data_root=args.data, batch_size=args.batch, num_workers=args.workers,
                        buffer_bytes=args.buffer_mb * 2**20, prefetch_batches=max(2, 2 * args.workers),
                        index_cache_dir=os.path.join(args.data, "_index"))
     import torch  # noqa: F401  (the trainer has torch loaded anyway: not the loader's memory)

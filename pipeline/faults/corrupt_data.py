@@ -78,7 +78,7 @@ def _with_images(record: bytes, key: str, data: bytes) -> bytes:
 def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
     """Copy ``DATASET`` from ``raw`` to ``root`` as 3 shards with ``SOURCE_FAULTS``; returns kind -> (shard, record)."""
     from pipeline import fs
-    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.builder import open_builder, shard_filename
     from pipeline.data.io.rlds_reader import read_episodes
     from pipeline.data.io.rlds_writer import encode_episode
     from pipeline.data.io.tfrecord import frame_record
@@ -102,7 +102,7 @@ def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
             framed[where["flipped_bytes"][1]] = _flip(framed[where["flipped_bytes"][1]], len(records[0]) // 2)
         if where["truncated_shard"][0] == i:
             framed[-1] = framed[-1][: len(framed[-1]) // 2]
-        name = f"{DATASET}-train.tfrecord-{i:05d}-of-{len(shards):05d}"
+        name = shard_filename(DATASET, "train", i, len(shards))
         fs.write_bytes(fs.join(out_dir, name), b"".join(framed))
         names.append(name)
     info = fs.read_json(fs.join(src.url, "dataset_info.json"))
@@ -142,6 +142,7 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
     from pipeline.config import load_config
     from pipeline.data.curate.job import CurateConfig, curate
     from pipeline.data.io.builder import open_builder
+    from pipeline.data.manifest import CuratedDataset
     from pipeline.faults.curation_kill import ray_session
 
     faulty = ctx.path("faulty")
@@ -154,7 +155,7 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
     with ray_session():
         [res] = curate(load_config(CurateConfig, [f"mixture={mixture}", f"source={faulty}", f"out={out}",
                                                   "progress=false", "num_shards=3"]))
-    ddir = os.path.join(out, DATASET, "1.0.0")
+    ddir = CuratedDataset(out, DATASET).url
     with open(os.path.join(ddir, "quarantine.json")) as fh:
         q = json.load(fh)
     reasons = {k: v["episodes"] for k, v in q["reasons"].items()}
@@ -194,6 +195,7 @@ class _Builder:
 
 def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], int]:
     """One epoch of the training stream: (stats, warnings, batches); raises if the stream does."""
+    from pipeline.data.mixture.files import load_mixture
     from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     handler = WarningLines()
@@ -201,9 +203,10 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
     for lg in loggers:
         lg.addHandler(handler)
     try:
-        cfg = StreamConfig(data_root=out, mixture=mixture, batch_size=2, num_workers=0, resolution=16,
+        cfg = StreamConfig(data_root=out, batch_size=2, num_workers=0, resolution=16,
                            buffer_bytes=2**20, index_cache_dir=cache, io_threads=2)
-        with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0) as stream:
+        with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0,
+                            mixture=load_mixture(mixture)) as stream:
             steps = stream.epoch_length() // cfg.batch_size
             for _ in range(steps):
                 batch = next(stream)
@@ -215,16 +218,17 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
 
 
 def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
+    from pipeline.data.manifest import CuratedDataset
     from pipeline.data.stream.source import CuratedSource
 
-    ddir = os.path.join(out, DATASET, "1.0.0")
+    ddir = CuratedDataset(out, DATASET).url
     with open(os.path.join(ddir, "manifest.json")) as fh:
         manifest = json.load(fh)
     paths = [os.path.join(ddir, s["file"]) for s in manifest["shards"]]
     mixture = ctx.path("corrupt_mix.yaml")
     warm = ctx.path("index_before")
     injected = corrupt_curated(paths, ("stream_bad_jpeg",))  # changes record sizes: before the index
-    src = CuratedSource(out, DATASET, index_cache_dir=warm)  # index built before the other faults
+    src = CuratedSource(CuratedDataset(out, DATASET), index_cache_dir=warm)  # index built before the other faults
     lengths = {os.path.basename(u): f.tolist() for u, f in zip(src.shard_urls, src.layout.frames)}
     injected.update(corrupt_curated(paths, ("stream_flipped_bytes", "stream_truncated_shard")))
     runs = {}

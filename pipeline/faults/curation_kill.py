@@ -42,7 +42,9 @@ DATASETS = ("bridge_orig", "taco_play")
 
 
 def _ddir(out: str, name: str) -> str:
-    return os.path.join(out, name, "1.0.0")
+    from pipeline.data.manifest import CuratedDataset
+
+    return CuratedDataset(out, name).url
 
 
 def _has(path: str, prefix: str, suffix: str = "") -> bool:
@@ -146,7 +148,8 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
     """Files under a final name that are not complete (checked right after a kill)."""
     import json
 
-    from pipeline.data.io.tfrecord import CorruptRecordError, read_records
+    from pipeline.data.io.errors import CorruptRecordError
+    from pipeline.data.io.tfrecord import read_records
 
     problems = []
     for name in names:

@@ -17,8 +17,13 @@ from pipeline.data.curate.quantiles import QUANTILES, BracketCounts, BracketMiss
 from pipeline.data.curate.quarantine import Quarantine
 from pipeline.data.curate.splits import TRAIN, VAL
 from pipeline.data.curate.stats import PartialStats
-from pipeline.data.curate.tasks import curated_features
-from pipeline.data.manifest import CURATED_VERSION, MANIFEST_NAME, read_manifest
+from pipeline.data.manifest import (
+    CURATED_VERSION,
+    MANIFEST_NAME,
+    QUARANTINE_NAME,
+    STATISTICS_NAME,
+    curated_features,
+)
 
 __all__ = ["merged_partials", "brackets_of", "exact_quantiles_of", "commit", "reused", "finished", "std_version",
            "COMPUTED_ON"]
@@ -78,8 +83,8 @@ def commit(plan: DatasetPlan, cfg: CurateConfig, stats: dict, markers: list[dict
     for m in [*markers, *written]:
         q.merge(Quarantine.from_json(m["quarantine"], cfg.max_examples))
     fs.write_json(fs.join(plan.out_dir, f"dataset_statistics_{plan.stats_key[:16]}.json"), {plan.name: stats})
-    fs.write_json(fs.join(plan.out_dir, "dataset_statistics.json"), {plan.name: stats})
-    fs.write_json(fs.join(plan.out_dir, "quarantine.json"), q.to_json())
+    fs.write_json(plan.curated.file(STATISTICS_NAME), {plan.name: stats})
+    fs.write_json(plan.curated.file(QUARANTINE_NAME), q.to_json())
     by_role = {role: [w for w in written if w["role"] == role] for role in (TRAIN, VAL)}
     split_shards = {role: [w["episodes"] for w in ws] for role, ws in by_role.items() if ws}
     write_builder_metadata(plan.out_dir, plan.name, CURATED_VERSION, curated_features(plan.proprio_dim),
@@ -99,18 +104,18 @@ def commit(plan: DatasetPlan, cfg: CurateConfig, stats: dict, markers: list[dict
         "quarantine": {"episodes_dropped": q.episodes_dropped, "frames_dropped": q.frames_dropped,
                        "episodes_held_out": q.episodes_held_out},
     }
-    fs.write_json(fs.join(plan.out_dir, MANIFEST_NAME), manifest)
+    fs.write_json(plan.curated.file(MANIFEST_NAME), manifest)
     if not cfg.keep_parts:
         fs.remove(fs.join(plan.out_dir, "_parts"), recursive=True)
     return {"manifest": manifest, "quarantine": q}
 
 
 def finished(plan: DatasetPlan) -> bool:
-    manifest = read_manifest(plan.out_dir)
+    manifest = plan.curated.read_manifest()
     return manifest is not None and manifest.get("config_hash") == plan.run_key
 
 
 def reused(plan: DatasetPlan, cfg: CurateConfig) -> dict:
-    manifest = read_manifest(plan.out_dir)
-    q = Quarantine.from_json(fs.read_json(fs.join(plan.out_dir, "quarantine.json")), cfg.max_examples)
+    manifest = plan.curated.read_manifest()
+    q = Quarantine.from_json(fs.read_json(plan.curated.file(QUARANTINE_NAME)), cfg.max_examples)
     return {"manifest": manifest, "quarantine": q, "status": "reused"}

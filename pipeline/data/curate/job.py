@@ -66,7 +66,8 @@ from pipeline.data.curate.tasks import (
     run_reduce,
     values_url,
 )
-from pipeline.data.manifest import MANIFEST_NAME, content_hash, read_manifest, shard_name
+from pipeline.data.io.builder import shard_filename
+from pipeline.data.manifest import MANIFEST_NAME, content_hash
 from pipeline.data.mixture.files import Mixture, load_mixture
 from pipeline.errors import UserError
 from pipeline.ray_utils import connect_ray
@@ -158,7 +159,7 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stat
             inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
             jobs.append(ReduceJob(
                 dataset=plan.name, parts=parts, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
-                shard_url=fs.join(plan.out_dir, shard_name(plan.name, role, j, num_out)),
+                shard_url=fs.join(plan.out_dir, shard_filename(plan.name, role, j, num_out)),
                 proprio_dim=plan.proprio_dim, action_stats=stats["action"],
                 filters=FilterConfig(**plan.overrides["filters"]), cameras=plan.overrides["cameras"],
                 spec_entry=user_entry(plan.name) or {}, max_examples=cfg.max_examples, env=driver_env()))
@@ -310,8 +311,8 @@ def curate(cfg: CurateConfig) -> list[dict]:
     plans = [plan_dataset(name, mixture, cfg) for name in mixture.active()]  # UserErrors before any work
     todo = [p for p in plans if not finished(p)]
     for plan in todo:  # stale output of another config: its manifest goes first, the new one is written last
-        if read_manifest(plan.out_dir) is not None:
-            fs.remove(fs.join(plan.out_dir, MANIFEST_NAME))
+        if plan.curated.is_curated():
+            fs.remove(plan.curated.file(MANIFEST_NAME))
     runs = {p.name: _Run(p, _map_jobs(p, cfg)) for p in todo}
     if runs:
         started = _init_ray(cfg)

@@ -14,7 +14,7 @@ from pipeline.config import MISSING, helpfield
 from pipeline.data.curate.filters import FilterConfig
 from pipeline.data.curate.splits import VAL, SplitRole, split_roles, train_boundary
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, action_mask
-from pipeline.data.manifest import content_hash, curated_dir, source_fingerprint
+from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash, source_fingerprint
 from pipeline.data.mixture.files import Mixture
 from pipeline.errors import UserError
 
@@ -36,7 +36,7 @@ class RayConfig:
 class CurateConfig:
     mixture: str = helpfield(MISSING, "mixture name (dataset_mixtures/NAME.yaml) or YAML path")
     source: str = helpfield(MISSING, "raw data root: <source>/<dataset>/<version>/ (local or gs://)")
-    out: str = helpfield(MISSING, "curated output root: writes <out>/<dataset>/1.0.0/")
+    out: str = helpfield(MISSING, f"curated output root: writes <out>/<dataset>/{CURATED_VERSION}/")
     split: str = helpfield("train", "source split OpenVLA trains on (with no 'val' split: its first 95%)")
     seed: int = helpfield(0, "shuffle seed (output is a pure function of source + config)")
     num_shards: int = helpfield(0, "train output shards per dataset (0 = as many as the source split)")
@@ -71,7 +71,7 @@ class SourceShard:
 class DatasetPlan:
     name: str
     source_dir: str
-    out_dir: str
+    curated: CuratedDataset
     shards: list  # [SourceShard], every split (train split first, then the others by name)
     features: dict
     proprio_dim: int
@@ -83,6 +83,10 @@ class DatasetPlan:
     mask: list
     splits: dict  # {source split: {"episodes": n, "use": "..."}}
     validation_source: str  # "val" | "train[95%:]"
+
+    @property
+    def out_dir(self) -> str:
+        return self.curated.url
 
 
 def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
@@ -156,7 +160,7 @@ def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     run_key = content_hash(stats_key, cfg.seed, num_buckets, cfg.sketch_k, __version__)
     proprio_dim = _probe_proprio_dim(spec, shards, builder.features, cfg)
     uses, validation_source = _uses(builder.splits, cfg.split)
-    return DatasetPlan(name=name, source_dir=builder.url, out_dir=curated_dir(cfg.out, name), shards=shards,
+    return DatasetPlan(name=name, source_dir=builder.url, curated=CuratedDataset(cfg.out, name), shards=shards,
                        features=builder.features, proprio_dim=proprio_dim, num_buckets=num_buckets,
                        fingerprint=fingerprint, stats_key=stats_key, run_key=run_key,
                        overrides={"filters": dataclasses.asdict(filters), "cameras": override.get("cameras", {})},

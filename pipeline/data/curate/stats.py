@@ -46,7 +46,6 @@ __all__ = [
     "PartialStats",
     "DEFAULT_SKETCH_K",
     "action_mask",
-    "stats_from_episodes",
 ]
 
 DEFAULT_SKETCH_K = 4096
@@ -352,11 +351,3 @@ class PartialStats:
             proprio = ArrayStats(proprio_dim, k, Moments.from_arrays(arrays, "p_m_"),
                                  QuantileSketch.from_arrays(arrays, "p_s_"))
         return cls(action_dim, proprio_dim if proprio_dim >= 0 else None, k, trajs, action, proprio)
-
-
-def stats_from_episodes(episodes, k: int = DEFAULT_SKETCH_K) -> PartialStats:
-    """Statistics of canonical episodes (convenience for tests, fixtures and benchmarks)."""
-    stats = PartialStats(k=k)
-    for ep in episodes:
-        stats.update(ep["steps"]["action"], ep["steps"]["proprio"])
-    return stats

@@ -47,29 +47,15 @@ from pipeline.data.curate.quantiles import Bracket, BracketCounts
 from pipeline.data.curate.quarantine import Quarantine
 from pipeline.data.curate.splits import STATS_ONLY, SplitRole
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats
+from pipeline.data.manifest import curated_features
 from pipeline.data.schema import validate_episode
 
-__all__ = ["driver_env", "MapJob", "QuantileJob", "ReduceJob", "curated_features", "to_curated", "episode_key",
-           "run_map", "run_quantile_counts", "run_reduce", "map_marker", "reduce_marker", "values_url"]
-
-
-def curated_features(proprio_dim: int) -> dict:
-    """Type-string tree of the curated schema (contracts.md "Curated dataset")."""
-    return {
-        "steps": {
-            "observation": {"image_primary": "string", "image_secondary": "string", "image_wrist": "string",
-                            "proprio": f"Tensor({proprio_dim},) float32"},
-            "action": "Tensor(7,) float32",
-            "language_instruction": "Text",
-            "is_first": "bool", "is_last": "bool", "is_terminal": "bool",
-        },
-        "episode_metadata": {"dataset_name": "Text", "episode_id": "Text", "source_file": "Text",
-                             "source_index": "Tensor() int64"},
-    }
+__all__ = ["driver_env", "MapJob", "QuantileJob", "ReduceJob", "to_curated", "episode_key", "run_map",
+           "run_quantile_counts", "run_reduce", "map_marker", "reduce_marker", "values_url"]
 
 
 def to_curated(ep: dict) -> dict:
-    """Canonical episode -> nested dict in the curated feature layout (what the writer takes)."""
+    """Canonical episode -> nested dict in the curated feature layout (``curated_features``; what the writer takes)."""
     s = ep["steps"]
     return {
         "steps": {

@@ -70,15 +70,13 @@ def _resolve_version_dir(url: str) -> str:
     return fs.join(url, max(versions, key=_version_key))
 
 
-def _shard_urls(dir_url: str, name: str, split: str, n: int, template: str, file_format: str) -> list[str]:
-    out = []
-    for i in range(n):
-        fname = (template.replace("{DATASET}", name).replace("{SPLIT}", split)
-                 .replace("{FILEFORMAT}", file_format)
-                 .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{n:05d}")
-                 .replace("{SHARD_INDEX}", f"{i:05d}").replace("{NUM_SHARDS}", f"{n:05d}"))
-        out.append(fs.join(dir_url, fname))
-    return out
+def shard_filename(name: str, split: str, index: int, num_shards: int, *, template: str = SHARD_TEMPLATE,
+                   file_format: str = "tfrecord") -> str:
+    """File name of shard ``index`` of ``num_shards`` (tfds' template; default
+    ``<name>-<split>.tfrecord-00000-of-0000N``)."""
+    return (template.replace("{DATASET}", name).replace("{SPLIT}", split).replace("{FILEFORMAT}", file_format)
+            .replace("{SHARD_X_OF_Y}", f"{index:05d}-of-{num_shards:05d}")
+            .replace("{SHARD_INDEX}", f"{index:05d}").replace("{NUM_SHARDS}", f"{num_shards:05d}"))
 
 
 def open_builder(url: str) -> BuilderInfo:
@@ -97,11 +95,10 @@ def open_builder(url: str) -> BuilderInfo:
     for split in info.get("splits", []):
         lengths = [int(x) for x in split.get("shardLengths", [])]
         template = split.get("filepathTemplate") or SHARD_TEMPLATE
-        urls = _shard_urls(vdir, name, split["name"], len(lengths), template, file_format)
-        splits[split["name"]] = [ShardInfo(u, n) for u, n in zip(urls, lengths)]
+        splits[split["name"]] = [
+            ShardInfo(fs.join(vdir, shard_filename(name, split["name"], i, len(lengths), template=template,
+                                                   file_format=file_format)), n)
+            for i, n in enumerate(lengths)]
     return BuilderInfo(name=name, version=str(info.get("version", fs.basename(vdir))), url=vdir,
                        features=features, splits=splits, description=info.get("description", ""))
 
-
-def shard_filename(name: str, split: str, index: int, num_shards: int) -> str:
-    return f"{name}-{split}.tfrecord-{index:05d}-of-{num_shards:05d}"

@@ -9,7 +9,8 @@ API (stable; other modules code against it)::
                integer / bool ndarray, int, bool -> int64_list;
                bytes / str / list|tuple|object-ndarray of bytes|str -> bytes_list
     decode_example(data: bytes, skip: Container[str] = ()) -> dict[str, np.ndarray | list[bytes]]
-        float_list -> float32 1-D array, int64_list -> int64 1-D array, bytes_list -> list[bytes]
+        float_list -> float32 1-D array, int64_list -> int64 1-D array, bytes_list -> list[bytes];
+        malformed bytes -> MalformedExampleError (pipeline.data.io.errors)
 
 ``decode_example`` is a hand-written wire-format parser: packed float lists become
 ``np.frombuffer`` views and packed varints are decoded with numpy, so the hot path has no per-value
@@ -23,6 +24,8 @@ from typing import Any
 
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+from pipeline.data.io.errors import MalformedExampleError
 
 __all__ = [
     "Example",
@@ -200,7 +203,8 @@ def decode_example(data: bytes, skip: Container[str] = ()) -> dict[str, np.ndarr
     """Parse serialized ``tf.train.Example`` bytes into ``{key: values}`` (see module docstring).
 
     Keys in ``skip`` are not materialized (absent from the result). A feature with no kind set
-    decodes to ``[]``. Raises ``ValueError`` on malformed bytes.
+    decodes to ``[]``. Malformed bytes raise :class:`~pipeline.data.io.errors.MalformedExampleError`
+    (a ValueError and a CorruptDataError).
     """
     buf = bytes(data)
     out: dict[str, np.ndarray | list[bytes]] = {}
@@ -238,8 +242,8 @@ def decode_example(data: bytes, skip: Container[str] = ()) -> dict[str, np.ndarr
                     out[key] = value
         if pos != end:
             raise ValueError("trailing bytes")
-    except (IndexError, UnicodeDecodeError) as e:
-        raise ValueError(f"malformed tf.train.Example: {e}") from e
+    except (IndexError, ValueError) as e:  # out-of-range reads, bad varints/wire types, bad UTF-8 keys
+        raise MalformedExampleError(f"malformed tf.train.Example: {e}") from e
     return out
 
 

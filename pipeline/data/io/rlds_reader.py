@@ -32,9 +32,10 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.data.io.builder import ShardInfo, open_builder
+from pipeline.data.io.errors import CorruptRecordError
 from pipeline.data.io.example import decode_example
 from pipeline.data.io.features import FeaturePlan, as_spec_tree, feature_plans, flatten_spec
-from pipeline.data.io.tfrecord import CorruptRecordError, read_indexed_records
+from pipeline.data.io.tfrecord import read_indexed_records
 from pipeline.errors import UserError
 
 __all__ = ["ReadStats", "read_episodes", "iter_dataset"]

@@ -2,9 +2,10 @@
 
 API (stable; other modules code against it)::
 
-    CorruptRecordError(UserError)          # .file, .index; message names both
     masked_crc32c(data: bytes) -> int
     frame_record(data: bytes) -> bytes     # one framed record (length, crcs, data)
+    scan_records(source, *, name=None, on_error=None) -> Iterator[RecordSpan]
+        # (index, offset, size, data | None) of every record whose framing is intact (for byte-range indexes)
     read_records(source: str | BinaryIO, *, name: str | None = None, verify_crc: bool = True,
                  on_error: Callable[[CorruptRecordError], None] | None = None) -> Iterator[bytes]
     read_indexed_records(...same...) -> Iterator[tuple[int, bytes]]   # (record index, payload)
@@ -13,24 +14,27 @@ API (stable; other modules code against it)::
 
 The record format: ``uint64 length | uint32 masked_crc32c(length) | data | uint32
 masked_crc32c(data)`` (little endian). The payload is usually a ``tf.train.Example``
-(:mod:`pipeline.data.io.example`).
+(:mod:`pipeline.data.io.example`). A corrupt record is a
+:class:`~pipeline.data.io.errors.CorruptRecordError` (``.file``, ``.index``; the message names both).
 """
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 import google_crc32c
 
 from pipeline import fs
-from pipeline.errors import UserError
+from pipeline.data.io.errors import CorruptRecordError
 
 __all__ = [
-    "CorruptRecordError",
+    "RecordSpan",
     "masked_crc32c",
     "frame_record",
+    "scan_records",
     "read_records",
     "read_indexed_records",
     "TFRecordWriter",
@@ -40,15 +44,6 @@ __all__ = [
 _MASK_DELTA = 0xA282EAD8
 _U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
-
-class CorruptRecordError(UserError):
-    """A TFRecord is truncated or fails its CRC check."""
-
-    def __init__(self, file: str, index: int, reason: str) -> None:
-        super().__init__(f"{file}: record {index} is corrupt ({reason}); re-copy or regenerate the file")
-        self.file = file
-        self.index = index
-        self.reason = reason
 
 
 def masked_crc32c(data: bytes) -> int:
@@ -76,38 +71,70 @@ def _read_exact(f: BinaryIO, n: int) -> bytes:
     return b"".join(parts)
 
 
-def _iter_framed(
-    f: BinaryIO, name: str, verify_crc: bool, on_error: Callable[[CorruptRecordError], None] | None
-) -> Iterator[tuple[int, bytes]]:
-    index = 0
+class RecordSpan(NamedTuple):
+    """One framed record: its index, its byte range in the file, its payload (None if its CRC fails)."""
+
+    index: int
+    offset: int  # of the 12-byte length header
+    size: int  # framed bytes: 12 + len(payload) + 4
+    data: bytes | None
+
+
+def _frames(f: BinaryIO, name: str, verify_crc: bool) -> Iterator[tuple[RecordSpan | None, CorruptRecordError | None]]:
+    """The one framing parser: ``(span, None)`` per record in file order; ``(span with data None, error)``
+    for a record whose data CRC fails (the framing is intact: parsing goes on); ``(None, error)`` for a
+    broken length header or a record cut short, and then nothing more (the framing is lost)."""
+    index = offset = 0
     while True:
         header = _read_exact(f, 12)
         if not header:
             return
         if len(header) < 12:
-            error = CorruptRecordError(name, index, "truncated length header")
-        elif verify_crc and _U32.unpack_from(header, 8)[0] != masked_crc32c(header[:8]):
-            error = CorruptRecordError(name, index, "length crc mismatch")
+            yield None, CorruptRecordError(name, index, "truncated length header")
+            return
+        if verify_crc and _U32.unpack_from(header, 8)[0] != masked_crc32c(header[:8]):
+            yield None, CorruptRecordError(name, index, "length crc mismatch")
+            return
+        (length,) = _U64.unpack_from(header, 0)
+        body = _read_exact(f, length + 4)
+        if len(body) < length + 4:
+            yield None, CorruptRecordError(name, index, f"truncated data: {len(body)} of {length + 4} bytes")
+            return
+        span = RecordSpan(index, offset, 16 + length, body[:length])
+        if verify_crc and _U32.unpack_from(body, length)[0] != masked_crc32c(span.data):
+            yield span._replace(data=None), CorruptRecordError(name, index, "data crc mismatch")
         else:
-            (length,) = _U64.unpack_from(header, 0)
-            body = _read_exact(f, length + 4)
-            if len(body) < length + 4:
-                error = CorruptRecordError(name, index, f"truncated data: {len(body)} of {length + 4} bytes")
-            elif verify_crc and _U32.unpack_from(body, length)[0] != masked_crc32c(body[:length]):
-                # The framing is intact: the next record can still be read.
+            yield span, None
+        index += 1
+        offset += span.size
+
+
+@contextlib.contextmanager
+def _opened(source: str | BinaryIO, name: str | None) -> Iterator[tuple[BinaryIO, str]]:
+    if isinstance(source, str):
+        with fs.open_url(source, "rb", retrying=True) as f:  # gs://: reads resume at the offset
+            yield f, name or source
+    else:
+        yield source, str(name or getattr(source, "path", None) or getattr(source, "name", None) or "<stream>")
+
+
+def scan_records(
+    source: str | BinaryIO,
+    *,
+    name: str | None = None,
+    on_error: Callable[[CorruptRecordError], None] | None = None,
+) -> Iterator[RecordSpan]:
+    """Yield a :class:`RecordSpan` for every record whose framing is intact (``data`` None when its CRC
+    fails), e.g. to index a file's records by byte range. Each corrupt record goes to ``on_error``
+    (raised without one); after a broken length header or a truncated record the scan stops."""
+    with _opened(source, name) as (f, label):
+        for span, error in _frames(f, label, True):
+            if error is not None:
                 if on_error is None:
-                    raise CorruptRecordError(name, index, "data crc mismatch")
-                on_error(CorruptRecordError(name, index, "data crc mismatch"))
-                index += 1
-                continue
-            else:
-                yield index, body[:length]
-                index += 1
-                continue
-        if on_error is None:
-            raise error
-        on_error(error)  # framing lost: the rest of the file cannot be read
-        return
+                    raise error
+                on_error(error)
+            if span is not None:
+                yield span
 
 
 def read_indexed_records(
@@ -118,12 +145,14 @@ def read_indexed_records(
     on_error: Callable[[CorruptRecordError], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """Like ``read_records`` but yields ``(record_index, payload)`` (indices skip corrupt records)."""
-    if isinstance(source, str):
-        with fs.open_url(source, "rb", retrying=True) as f:  # gs://: reads resume at the offset
-            yield from _iter_framed(f, name or source, verify_crc, on_error)
-    else:
-        label = name or getattr(source, "path", None) or getattr(source, "name", None) or "<stream>"
-        yield from _iter_framed(source, str(label), verify_crc, on_error)
+    with _opened(source, name) as (f, label):
+        for span, error in _frames(f, label, verify_crc):
+            if error is None:
+                yield span.index, span.data
+            elif on_error is None:
+                raise error
+            else:
+                on_error(error)  # after a framing loss _frames ends: the rest cannot be read
 
 
 def read_records(

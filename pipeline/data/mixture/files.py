@@ -1,4 +1,4 @@
-"""Dataset mixtures: ``dataset_mixtures/<name>.yaml``, validation, sampling shares and the epoch.
+"""Dataset mixtures: ``dataset_mixtures/<name>.yaml`` and its validation, parsed once into a :class:`Mixture`.
 
 File format (comments allowed)::
 
@@ -16,12 +16,7 @@ File format (comments allowed)::
 Every problem (malformed YAML, duplicate key, unknown dataset, JOINT_POS dataset, negative or
 all-zero weights, unknown override) is a :class:`UserError` naming the file, the line and the key.
 
-EPOCH DEFINITION (identical to the training stream, ``pipeline.data.stream.plan``): with ``N_i`` the
-curated frames of dataset ``i``, one epoch is ``E = sum_i N_i`` draws (as many frames as the
-mixture holds). Dataset ``i`` gets ``share_i * E`` of them, i.e. ``passes_i = share_i * E / N_i``
-passes over its frames per epoch. With ``balance_by_size`` and equal weights every pass count is 1.
-(OpenVLA's nominal epoch is instead ``max over weight-1.0 datasets of N_i / share_i``; ours does
-not depend on which datasets happen to have weight exactly 1.)
+Shares, draws per epoch and the epoch definition: :mod:`pipeline.data.mixture.shares`.
 """
 
 from __future__ import annotations
@@ -39,18 +34,14 @@ from pipeline.errors import UserError
 __all__ = [
     "Mixture",
     "MIXTURE_DIR",
-    "EPOCH_DEFINITION",
     "load_mixture",
+    "parse_mixture",
     "list_mixtures",
-    "sampling_shares",
-    "passes_per_epoch",
     "mixture_path",
 ]
 
 MIXTURE_DIR = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))), "dataset_mixtures")
-EPOCH_DEFINITION = ("one epoch = sum_i N_i draws (N_i = curated frames of dataset i); dataset i gets "
-                    "share_i of them = share_i * sum N / N_i passes over its frames")
 _TOP_KEYS = ("name", "description", "balance_by_size", "datasets", "overrides")
 _OVERRIDE_KEYS = ("filters", "cameras")
 
@@ -106,7 +97,7 @@ class _Where:
 
 
 def _check_dataset(name: str, where: _Where) -> None:
-    from pipeline.data.oxe import get_spec  # registry (imported here: it is a sibling package)
+    from pipeline.data.oxe import get_spec  # imported when a file is parsed: the Mixture type stays light
 
     try:
         spec = get_spec(name)
@@ -203,30 +194,3 @@ def mixture_path(name_or_path: str) -> str:
 def load_mixture(name_or_path: str) -> Mixture:
     path = mixture_path(name_or_path)
     return parse_mixture(fs.read_text(path), path)
-
-
-# ---------------------------------------------------------------------------------------- shares
-def sampling_shares(mixture: Mixture, frames_per_dataset: dict[str, int] | None = None) -> dict[str, float]:
-    """Sampling share per dataset (sums to 1): ``∝ w_i * N_i`` when balancing by size, else ``∝ w_i``.
-
-    Raises ValueError when ``balance_by_size`` needs a frame count that ``frames_per_dataset`` lacks.
-    """
-    active = mixture.active()
-    if mixture.balance_by_size:
-        frames = frames_per_dataset or {}
-        missing = [n for n in active if n not in frames]
-        if missing:
-            raise ValueError(f"balance_by_size needs the frame counts of {', '.join(missing)}")
-        raw = {n: w * frames[n] for n, w in active.items()}
-    else:
-        raw = dict(active)
-    total = sum(raw.values())
-    if total <= 0:
-        raise ValueError(f"mixture {mixture.name}: every weighted dataset has zero frames")
-    return {n: raw.get(n, 0.0) / total for n in mixture.datasets}
-
-
-def passes_per_epoch(shares: dict[str, float], frames_per_dataset: dict[str, int]) -> dict[str, float]:
-    """``share_i * sum N / N_i`` (see the epoch definition in the module docstring)."""
-    total = sum(frames_per_dataset.get(n, 0) for n in shares)
-    return {n: (s * total / frames_per_dataset[n] if frames_per_dataset.get(n) else 0.0) for n, s in shares.items()}

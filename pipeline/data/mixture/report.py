@@ -1,7 +1,11 @@
-"""``vla mixture show`` and ``vla mixture diff``: per-dataset weights, frames, shares and passes.
+"""``vla mixture show`` and ``vla mixture diff``: per-dataset weights, frames, shares, draws and passes.
 
-Numbers that need curated data (frames, trajectories, size-balanced shares, passes) print as
-``?`` (``null`` in ``--json``) when ``curated=`` is not given or a dataset is not curated there.
+Shares and draws per epoch come from :func:`pipeline.data.mixture.shares.epoch_draws`, the function
+the training stream samples with: ``draws_per_epoch`` is exactly how many frames of each dataset an
+epoch of the stream holds (the stream counts frames in its record index; it equals the manifest's
+``total_frames`` unless shards were damaged after curation). Numbers that need curated data
+(frames, trajectories, size-balanced shares, draws, passes) print as ``?`` (``null`` in ``--json``)
+when ``curated=`` is not given or a weighted dataset is not curated there.
 """
 
 from __future__ import annotations
@@ -10,8 +14,9 @@ import json
 from dataclasses import dataclass
 
 from pipeline.config import MISSING, helpfield
-from pipeline.data.manifest import curated_counts
-from pipeline.data.mixture.files import EPOCH_DEFINITION, Mixture, load_mixture, sampling_shares
+from pipeline.data.manifest import CuratedDataset
+from pipeline.data.mixture.files import Mixture, load_mixture
+from pipeline.data.mixture.shares import EPOCH_DEFINITION, EpochDraws, compute_shares, epoch_draws
 
 __all__ = ["MixtureShowConfig", "MixtureDiffConfig", "mixture_rows", "run_show", "run_diff"]
 
@@ -43,35 +48,48 @@ def _counts(mixture: Mixture, curated: str) -> dict[str, tuple[int, int]]:
         return {}
     out = {}
     for name in mixture.datasets:
-        counts = curated_counts(curated, name)
+        counts = CuratedDataset(curated, name).counts()
         if counts is not None:
             out[name] = counts
     return out
 
 
-def _shares(mixture: Mixture, frames: dict[str, int]) -> dict[str, float] | None:
+def _draws(mixture: Mixture, frames: dict[str, int]) -> EpochDraws | None:
     try:
-        return sampling_shares(mixture, frames)
-    except ValueError:
+        return epoch_draws(mixture, frames)
+    except ValueError:  # a weighted dataset is not curated: frame counts unknown
         return None
 
 
+def _shares(mixture: Mixture, draws: EpochDraws | None) -> dict[str, float] | None:
+    """Share per weighted dataset; without frame counts only when shares do not depend on them."""
+    if draws is not None:
+        return dict(zip(draws.names, draws.shares.tolist()))
+    if mixture.balance_by_size:
+        return None
+    active = mixture.active()
+    return dict(zip(active, compute_shares(list(active.values()), [0] * len(active), False).tolist()))
+
+
 def mixture_rows(mixture: Mixture, curated: str = "", steps: int = 0, global_batch: int = 0) -> list[dict]:
-    """One dict per dataset: weight, frames, trajectories, share, passes_per_epoch, passes_per_run."""
+    """One dict per dataset: weight, frames, trajectories, share, draws_per_epoch, passes_per_epoch,
+    passes_per_run (a dataset of weight 0 has share and draws 0: the stream leaves it out)."""
     counts = _counts(mixture, curated)
     frames = {n: c[0] for n, c in counts.items()}
-    shares = _shares(mixture, frames)
-    known_total = len(frames) == len(mixture.datasets)
-    epoch = sum(frames.values()) if known_total else None
+    draws = _draws(mixture, frames)
+    shares = _shares(mixture, draws)
+    draw_counts = dict(zip(draws.names, draws.counts.tolist())) if draws is not None else None
+    epoch = draws.epoch_length if draws is not None else None
     planned = steps * global_batch if steps and global_batch else None
     rows = []
     for name, weight in mixture.datasets.items():
-        share = shares[name] if shares is not None else None
+        share = shares.get(name, 0.0) if shares is not None else None
         n = frames.get(name)
         per_epoch = share * epoch / n if share is not None and epoch is not None and n else None
         per_run = share * planned / n if share is not None and planned is not None and n else None
         rows.append({"dataset": name, "weight": weight, "frames": n, "trajectories": counts.get(name, (0, None))[1],
-                     "share": share, "passes_per_epoch": per_epoch, "passes_per_run": per_run})
+                     "share": share, "draws_per_epoch": draw_counts.get(name, 0) if draw_counts is not None else None,
+                     "passes_per_epoch": per_epoch, "passes_per_run": per_run})
     return rows
 
 
@@ -113,14 +131,17 @@ def run_show(cfg: MixtureShowConfig) -> int:
     rows = mixture_rows(mixture, cfg.curated, cfg.steps, cfg.global_batch)
     if cfg.plot:
         _plot(rows, mixture, cfg.plot)
+    draws = [r["draws_per_epoch"] for r in rows]
+    epoch = sum(draws) if None not in draws else None
     if cfg.json:
         print(json.dumps({"name": mixture.name, "path": mixture.path, "balance_by_size": mixture.balance_by_size,
-                          "epoch_definition": EPOCH_DEFINITION, "datasets": rows}, indent=2))
+                          "epoch_definition": EPOCH_DEFINITION, "epoch_draws": epoch, "datasets": rows}, indent=2))
         return 0
     print(f"mixture {mixture.name} ({mixture.path}): {mixture.description}")
-    print(f"balance_by_size: {mixture.balance_by_size}; epoch: {EPOCH_DEFINITION}")
+    print(f"balance_by_size: {mixture.balance_by_size}; epoch ({_fmt(epoch, 'd')} draws): {EPOCH_DEFINITION}")
     columns = [("dataset", "dataset", ""), ("weight", "weight", ".4g"), ("frames", "frames", "d"),
-               ("trajectories", "trajs", "d"), ("share", "share", ".4f"), ("passes_per_epoch", "passes/epoch", ".3f")]
+               ("trajectories", "trajs", "d"), ("share", "share", ".4f"), ("draws_per_epoch", "draws/epoch", "d"),
+               ("passes_per_epoch", "passes/epoch", ".3f")]
     if cfg.steps and cfg.global_batch:
         columns.append(("passes_per_run", f"passes/run({cfg.steps}x{cfg.global_batch})", ".3f"))
     print(_table(rows, columns))
@@ -128,7 +149,7 @@ def run_show(cfg: MixtureShowConfig) -> int:
     if unknown:
         where = f"not curated under {cfg.curated}" if cfg.curated else "no curated= given"
         print(f"? = unknown: frames of {len(unknown)} dataset(s) ({where}); shares need them when "
-              f"balance_by_size is true, passes always do")
+              f"balance_by_size is true, draws and passes always do")
     if cfg.plot:
         print(f"plot written to {cfg.plot}")
     return 0

@@ -21,8 +21,8 @@ def make_keys(ds: np.ndarray, passes: np.ndarray, ep: np.ndarray) -> np.ndarray:
     return (((ds.astype(np.int64) << 16) | passes.astype(np.int64)) << 32) | ep.astype(np.int64)
 
 
-def split_key(key: int) -> tuple[int, int]:
-    """(dataset index, dataset-local episode index)."""
+def split_key(key):
+    """(dataset index, dataset-local episode index) of a key (or of an int64 array of keys)."""
     return key >> 48, key & 0xFFFFFFFF
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.data.io.errors import CorruptDataError
 from pipeline.data.stream.frames import decode_resize, frame_rng, process_frame
 
 __all__ = ["decode_batch", "read_ring_slot", "DecodePool"]
@@ -28,7 +29,8 @@ def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int,
     """Worker entry point: ``items`` = [(global position, (encoded bytes per camera))].
 
     Returns (pixels, bad): pixels float32 [B, C, 3, H, W] and the (item, camera) pairs whose bytes
-    failed to decode (left as zeros). Randomness depends only on (seed, epoch, position, camera).
+    failed to decode (a CorruptDataError: left as zeros; any other error is raised). Randomness
+    depends only on (seed, epoch, position, camera).
     With ``ring`` = (path, slot, slot_bytes) the batch is written into
     slot ``slot`` of a ring file that the worker keeps open (no new pages per batch) and
     ``pixels`` is a handle for :func:`read_ring_slot`; without augmentation the slot holds the
@@ -48,7 +50,7 @@ def decode_batch(items: list[tuple[int, tuple[bytes, ...]]], *, size: tuple[int,
                     np.multiply(pixels, np.float32(1.0 / 255.0), out=out[i, c], casting="unsafe")
                 else:
                     out[i, c] = process_frame(data, size, rng=rng)
-            except Exception:  # corrupt image bytes: zeros, reported to the caller
+            except CorruptDataError:  # corrupt image bytes: zeros, reported to the caller
                 bad.append((i, c))
     return out, bad
 
@@ -91,7 +93,7 @@ def _decode_into_ring(items: list[tuple[int, tuple[bytes, ...]]], ring: tuple[st
                     frame = process_frame(data, size, rng=frame_rng(seed, epoch, position, c))
                 else:
                     frame = decode_resize(data, size) if data else zeros
-            except Exception:  # corrupt image bytes: zeros (the slot holds an older batch), reported
+            except CorruptDataError:  # corrupt image bytes: zeros (the slot holds an older batch), reported
                 frame = zeros
                 bad.append((i, c))
             frame = np.ascontiguousarray(frame, dtype=dtype)

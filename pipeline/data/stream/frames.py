@@ -18,9 +18,12 @@ camera (``b""`` = camera missing -> zeros). Output: float32 [3, H, W] in [0, 1].
 from __future__ import annotations
 
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
+
+from pipeline.data.io.errors import CorruptImageError
 
 __all__ = [
     "AugmentParams",
@@ -75,16 +78,20 @@ def _crop_box(width: int, height: int, params: AugmentParams) -> tuple[float, fl
 
 
 def decode_resize(data: bytes, size: tuple[int, int], augment: AugmentParams | None = None) -> np.ndarray:
-    """Decode ``data`` and resize to ``size`` = (H, W); returns uint8 [H, W, 3]. Raises on bad bytes."""
+    """Decode ``data`` and resize to ``size`` = (H, W); returns uint8 [H, W, 3]. Bytes that do not
+    decode raise :class:`~pipeline.data.io.errors.CorruptImageError`."""
     from PIL import Image
 
     height, width = size
-    with Image.open(io.BytesIO(data)) as img:
-        src_w, src_h = img.size
-        scale = 1.0 if augment is None else float(np.sqrt(CROP_SCALE))
-        if img.format == "JPEG" and min(src_w * scale / width, src_h * scale / height) >= 2.0:
-            img.draft("RGB", (int(np.ceil(width / scale)), int(np.ceil(height / scale))))
-        rgb = img.convert("RGB")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            src_w, src_h = img.size
+            scale = 1.0 if augment is None else float(np.sqrt(CROP_SCALE))
+            if img.format == "JPEG" and min(src_w * scale / width, src_h * scale / height) >= 2.0:
+                img.draft("RGB", (int(np.ceil(width / scale)), int(np.ceil(height / scale))))
+            rgb = img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError) as e:
+        raise CorruptImageError(f"image bytes do not decode: {type(e).__name__}: {e}") from None
     box = None
     if augment is not None:
         # the draw is relative to the (possibly draft-reduced) decoded size

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.errors import UserError
 
-__all__ = ["NormStats", "DatasetNorm", "normalize_bounds_q99", "load_dataset_norm", "parse_dataset_norm"]
+__all__ = ["NormStats", "DatasetNorm", "normalize_bounds_q99", "parse_dataset_norm"]
 
 _EPS = 1e-8
 
@@ -101,14 +101,3 @@ def parse_dataset_norm(stats: dict, dataset_name: str, *, where: str = "dataset_
     if "proprio" in entry:
         proprio = _parse_stats(entry["proprio"], f"{where}[{dataset_name}].proprio", with_mask=False)
     return DatasetNorm(action=action, proprio=proprio, num_transitions=int(entry.get("num_transitions", 0)))
-
-
-def load_dataset_norm(url: str, dataset_name: str) -> DatasetNorm:
-    """Read ``dataset_statistics.json`` at ``url`` and return the statistics of ``dataset_name``."""
-    from pipeline import fs
-
-    try:
-        stats = fs.read_json(url)
-    except FileNotFoundError as e:
-        raise UserError(f"{url} not found: curate the dataset first (it writes dataset_statistics.json)") from e
-    return parse_dataset_norm(stats, dataset_name, where=url)

@@ -2,10 +2,9 @@
 
 EPOCH DEFINITION (pure function of the data layout, mixture, seed and epoch number)
 
-- ``N_i`` = frames of dataset ``i`` (from the curated manifest), ``E = sum_i N_i`` draws per epoch.
-- shares: ``share_i ∝ w_i * N_i`` when the mixture balances by size, else ``share_i ∝ w_i``
-  (normalized to sum 1). Dataset ``i`` gets ``c_i = round(share_i * E)`` draws, rounded with the
-  largest-remainder method so that ``sum_i c_i == E`` (ties go to the lower dataset index).
+- draws: dataset ``i`` gets ``c_i`` of the epoch's ``E = sum_i N_i`` draws, as
+  :func:`pipeline.data.mixture.shares.epoch_draws` computes them (``N_i`` = its frames in the stream's
+  record index; shares from the mixture weights; largest-remainder rounding).
 - per-dataset walk: a "pass" is a seeded permutation of ALL ``N_i`` frames of the dataset; the
   ``c_i`` draws walk pass 0, then pass 1 (a fresh permutation), ... and stop after ``c_i`` draws
   (so ``c_i < N_i`` truncates, ``c_i > N_i`` wraps around). With ``balance_by_size`` and all
@@ -38,9 +37,6 @@ import numpy as np
 __all__ = [
     "DatasetLayout",
     "EpochPlan",
-    "compute_shares",
-    "largest_remainder",
-    "draw_counts",
     "pass_order",
     "dataset_draws",
     "interleave_labels",
@@ -96,34 +92,6 @@ class EpochPlan:
 
     def __len__(self) -> int:
         return int(self.dataset.shape[0])
-
-
-def compute_shares(weights: Sequence[float], sizes: Sequence[int], balance_by_size: bool) -> np.ndarray:
-    """Sampling probability per dataset (sums to 1)."""
-    w = np.asarray(weights, dtype=np.float64)
-    if np.any(w < 0) or not np.any(w > 0):
-        raise ValueError(f"mixture weights must be >= 0 with at least one > 0, got {list(w)}")
-    if balance_by_size:
-        w = w * np.asarray(sizes, dtype=np.float64)
-        if not np.any(w > 0):
-            raise ValueError("balance_by_size: every weighted dataset has 0 frames")
-    return w / w.sum()
-
-
-def largest_remainder(shares: np.ndarray, total: int) -> np.ndarray:
-    """Integers ``c_i`` summing to ``total`` closest to ``shares * total`` (largest remainder)."""
-    exact = np.asarray(shares, dtype=np.float64) * total
-    counts = np.floor(exact + 1e-9).astype(np.int64)
-    left = int(total - counts.sum())
-    if left > 0:
-        order = np.lexsort((np.arange(len(exact)), -(exact - counts)))
-        counts[order[:left]] += 1
-    return counts
-
-
-def draw_counts(weights: Sequence[float], sizes: Sequence[int], balance_by_size: bool) -> np.ndarray:
-    """Draws per dataset in one epoch of ``E = sum(sizes)`` draws."""
-    return largest_remainder(compute_shares(weights, sizes, balance_by_size), int(np.sum(sizes)))
 
 
 def _rng(seed: int, *parts: int) -> np.random.Generator:
@@ -191,7 +159,9 @@ def build_epoch_plan(layouts: Sequence[DatasetLayout], counts: np.ndarray, *, se
     return EpochPlan(epoch=epoch, dataset=labels, episode=episode, frame=frame, pass_index=pass_index)
 
 
-def rank_positions(position: int, *, world_size: int, rank: int, batch_size: int) -> np.ndarray:
-    """Global positions of ``rank``'s batch in the global batch starting at ``position``."""
-    start = position + rank * batch_size
-    return np.arange(start, start + batch_size, dtype=np.int64)
+def rank_positions(position: int, steps: int, *, world_size: int, rank: int, batch_size: int) -> np.ndarray:
+    """Global positions of ``rank``'s samples in the ``steps`` global batches starting at ``position``:
+    int64 [steps, batch_size]; global batch ``k`` gives rank ``r`` the positions
+    ``[p_k + r*B, p_k + (r+1)*B)`` with ``p_k = position + k * world_size * B``."""
+    starts = position + world_size * batch_size * np.arange(steps, dtype=np.int64)
+    return starts[:, None] + rank * batch_size + np.arange(batch_size, dtype=np.int64)

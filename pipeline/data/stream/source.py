@@ -10,7 +10,6 @@ manifest lists but a truncated shard no longer holds) is left out (0 frames) and
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -22,10 +21,13 @@ from typing import Protocol
 import numpy as np
 
 from pipeline import fs
-from pipeline.data.schema import CAMERA_SLOTS
-from pipeline.data.stream.normalize import DatasetNorm, load_dataset_norm
+from pipeline.data.io.errors import CorruptDataError, CorruptRecordError
+from pipeline.data.io.example import decode_example
+from pipeline.data.io.tfrecord import read_records, scan_records
+from pipeline.data.manifest import STATISTICS_NAME, CuratedDataset, content_hash
+from pipeline.data.schema import ACTION_DIM, CAMERA_SLOTS
+from pipeline.data.stream.normalize import DatasetNorm, parse_dataset_norm
 from pipeline.data.stream.plan import DatasetLayout
-from pipeline.errors import UserError
 
 __all__ = ["Episode", "EpisodeSource", "CuratedSource"]
 
@@ -54,45 +56,30 @@ class EpisodeSource(Protocol):
     norm: DatasetNorm  # dataset_statistics.json entry
     episode_bytes: np.ndarray  # int64 [episodes] estimated cache bytes per episode
 
-    def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode: ...  # raises on corrupt data
+    def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode: ...  # CorruptDataError on bad bytes
     def describe(self, episode: int) -> str: ...  # "<shard url> record <k>" for messages
 
 
 def _scan_shard(url: str) -> dict:
-    """Record offsets/sizes and steps per record of one shard (corrupt records get 0 steps).
+    """Record offsets/sizes and steps per record of one shard (corrupt records get 0 steps; records
+    after a broken length header or a truncation are not listed). Memory: one record."""
+    offsets, sizes, frames = [], [], []
 
-    Streams the file record by record (memory: one record).
-    """
-    from pipeline.data.io.example import decode_example
-    from pipeline.data.io.tfrecord import masked_crc32c
+    def warn(error: CorruptDataError) -> None:
+        log.warning("%s; it is left out of the stream", error)
 
-    offsets, sizes, frames, pos = [], [], [], 0
-    with fs.open_url(url, "rb") as f:
-        while True:
-            header = f.read(12)
-            if len(header) < 12:
-                if header:
-                    log.warning("%s: record %d is truncated (length header); it is left out of the stream",
-                                url, len(offsets))
-                break
-            length = int.from_bytes(header[:8], "little")
-            if int.from_bytes(header[8:], "little") != masked_crc32c(header[:8]):
-                log.warning("%s: record %d has a corrupt length header; ignoring the rest of the shard",
-                            url, len(offsets))
-                break
-            body = f.read(length + 4)
-            steps = 0
-            if len(body) == length + 4 and int.from_bytes(body[length:], "little") == masked_crc32c(body[:length]):
-                try:
-                    steps = len(decode_example(body[:length], skip=_IMAGE_KEYS).get("steps/is_first", []))
-                except ValueError:
-                    steps = 0
+    for span in scan_records(url, on_error=warn):
+        steps = 0
+        if span.data is not None:
+            try:
+                steps = len(decode_example(span.data, skip=_IMAGE_KEYS).get("steps/is_first", []))
+            except CorruptDataError as e:
+                warn(CorruptRecordError(url, span.index, str(e)))
             if steps == 0:
-                log.warning("%s: record %d is corrupt or empty; it is left out of the stream", url, len(offsets))
-            offsets.append(pos)
-            sizes.append(12 + length + 4)
-            frames.append(steps)
-            pos += 12 + length + 4
+                log.warning("%s: record %d holds no steps; it is left out of the stream", url, span.index)
+        offsets.append(span.offset)
+        sizes.append(span.size)
+        frames.append(steps)
     return {"offsets": offsets, "sizes": sizes, "frames": frames}
 
 
@@ -116,7 +103,7 @@ def _cache_dir(cfg_dir: str) -> str:
 
 
 class CuratedSource:
-    """A curated dataset directory ``<root>/<name>/1.0.0/`` (contracts.md "Curated dataset").
+    """One curated dataset (:class:`pipeline.data.manifest.CuratedDataset`, contracts.md "Curated dataset").
 
     The per-shard record index (byte offset, size and steps of each record) is taken from the
     manifest's shard entry when it carries ``"index": {"offsets", "sizes", "frames"}`` (lists, one
@@ -125,11 +112,10 @@ class CuratedSource:
     episode, local or gs://.
     """
 
-    def __init__(self, root: str, name: str, *, split: str = "train", version: str = "1.0.0",
-                 index_cache_dir: str = "") -> None:
-        self.name = name
-        self.url = fs.join(root, name, version)
-        shards = self._shards(split)
+    def __init__(self, dataset: CuratedDataset, *, split: str = "train", index_cache_dir: str = "") -> None:
+        self.name = name = dataset.name
+        self.url = dataset.url
+        shards = dataset.shards(split)
         cache = _cache_dir(index_cache_dir)
         index = [entry.get("index") or self._index(url, str(entry.get("sha256", "")), cache)
                  for url, entry in shards]
@@ -139,27 +125,16 @@ class CuratedSource:
         self.layout = DatasetLayout(name=name, shard_urls=self.shard_urls,
                                     frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
         self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
-        self.norm = load_dataset_norm(fs.join(self.url, "dataset_statistics.json"), name)
+        self.norm = parse_dataset_norm(dataset.statistics(), name, where=dataset.file(STATISTICS_NAME))
         self.skipped_records = _skipped_records(shards, index)
         if self.skipped_records:
             log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,
                         len(self.skipped_records), "; ".join(self.skipped_records[:5]))
 
-    def _shards(self, split: str) -> list[tuple[str, dict]]:
-        manifest_url = fs.join(self.url, "manifest.json")
-        if not fs.exists(manifest_url):
-            raise UserError(f"{manifest_url} not found: dataset '{self.name}' is not curated (run `vla curate`)")
-        manifest = fs.read_json(manifest_url)
-        listed = [*manifest.get("shards", []), *manifest.get("validation", {}).get("shards", [])]  # train, val
-        shards = [(fs.join(self.url, s["file"]), s) for s in listed if f"-{split}.tfrecord-" in s["file"]]
-        if not shards:
-            raise UserError(f"{manifest_url}: no '{split}' shards listed for dataset '{self.name}'")
-        return shards
-
     @staticmethod
     def _index(url: str, sha: str, cache_dir: str) -> dict:
         key = sha or str(fs.get_fs(url)[0].size(fs.get_fs(url)[1]))
-        name = hashlib.sha1(f"{url}|{key}".encode()).hexdigest()[:20] + ".json"
+        name = content_hash(url, key)[:20] + ".json"
         path = os.path.join(cache_dir, name)
         if os.path.exists(path):
             with open(path) as f:
@@ -176,19 +151,46 @@ class CuratedSource:
         return f"{self.shard_urls[shard]} record {record}"
 
     def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode:
-        from pipeline.data.io.example import decode_example
-        from pipeline.data.io.tfrecord import read_records
-
+        """The episode's record, read by byte range; CorruptDataError when its bytes are not a curated episode."""
         shard, record = self._locate(episode)
         url = self.shard_urls[shard]
         start = int(self._offsets[shard][record])
         blob = fs.read_range(url, start, start + int(self._sizes[shard][record]))  # retried (fs.retry)
-        data = next(iter(read_records(io.BytesIO(blob), name=f"{url} record {record}")))
+        data = next(iter(read_records(io.BytesIO(blob), name=f"{url} record {record}")), None)
+        if data is None:  # an empty range: the shard lost this record since it was indexed
+            raise CorruptRecordError(url, record, "missing: the shard is shorter than its index")
         wanted = {f"steps/observation/image_{c}" for c in cameras}
-        ex = decode_example(data, skip=_IMAGE_KEYS - wanted)
-        steps = len(ex["steps/is_first"])
-        images = {c: list(ex.get(f"steps/observation/image_{c}", [b""] * steps)) for c in cameras}
-        action = np.asarray(ex["steps/action"], dtype=np.float32).reshape(steps, -1)
-        instr = [b.decode("utf-8") for b in ex["steps/language_instruction"]]
-        ep_id = ex.get("episode_metadata/episode_id", [f"{url}:{record}".encode()])[0].decode("utf-8")
-        return Episode(episode_id=ep_id, images=images, action=action, instruction=instr)
+        return _curated_episode(decode_example(data, skip=_IMAGE_KEYS - wanted), cameras, url, record)
+
+
+def _curated_episode(ex: dict, cameras: Sequence[str], url: str, record: int) -> Episode:
+    """An :class:`Episode` from a decoded curated record; CorruptRecordError when it does not fit the
+    curated features (a missing key, a step count or action width that does not match)."""
+    def bad(reason: str) -> CorruptRecordError:
+        return CorruptRecordError(url, record, f"not a curated episode: {reason}")
+
+    missing = [k for k in ("steps/is_first", "steps/action", "steps/language_instruction") if k not in ex]
+    if missing:
+        raise bad(f"no {', '.join(missing)}")
+    steps = len(ex["steps/is_first"])
+    action, text = ex["steps/action"], ex["steps/language_instruction"]
+    if not isinstance(action, np.ndarray) or action.size != steps * ACTION_DIM:
+        raise bad(f"steps/action has {np.size(action)} values, expected {steps} x {ACTION_DIM}")
+    images = {}
+    for c in cameras:
+        column = ex.get(f"steps/observation/image_{c}", [b""] * steps)
+        if isinstance(column, np.ndarray) or len(column) != steps:
+            raise bad(f"steps/observation/image_{c} holds {len(column)} values for {steps} steps")
+        images[c] = list(column)
+    if isinstance(text, np.ndarray) or len(text) != steps:
+        raise bad(f"steps/language_instruction holds {len(text)} values for {steps} steps")
+    ep_id = ex.get("episode_metadata/episode_id", [f"{url}:{record}".encode()])
+    if isinstance(ep_id, np.ndarray) or len(ep_id) != 1:
+        raise bad("episode_metadata/episode_id is not one text value")
+    try:
+        instruction = [b.decode("utf-8") for b in text]
+        episode_id = ep_id[0].decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise bad(f"text that is not UTF-8: {e}") from None
+    return Episode(episode_id=episode_id, images=images, instruction=instruction,
+                   action=np.asarray(action, dtype=np.float32).reshape(steps, ACTION_DIM))

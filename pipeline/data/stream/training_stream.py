@@ -11,12 +11,13 @@ Flow (one rank)::
          worker, results taken back in batch order (output independent of worker count)
       -> BOUNDS_Q99 action normalization (normalize.py) + prompt builder + collate -> batch
 
-EPOCH DEFINITION: see ``pipeline.data.stream.plan`` (one epoch = E = sum_i N_i draws; dataset i gets
-round(share_i * E) of them, walking seeded windowed permutations of its frames, wrapping or
-truncating). The window W_i (episodes "live" at once in dataset i's permutation) is derived from
-``buffer_bytes``: W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i)
-(frames are freed as they are used, so on average half of each live episode is held), so
-the plan depends on ``buffer_bytes`` and the data, never on world size, rank or worker count.
+EPOCH DEFINITION: see ``pipeline.data.mixture.shares`` and ``pipeline.data.stream.plan`` (one epoch =
+E = sum_i N_i draws; dataset i gets round(share_i * E) of them, walking seeded windowed permutations
+of its frames, wrapping or truncating). The mixture is parsed once by the caller and handed in. The
+window W_i (episodes "live" at once in dataset i's permutation) is derived from ``buffer_bytes``:
+W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i) (frames are freed as
+they are used, so on average half of each live episode is held), so the plan depends on
+``buffer_bytes`` and the data, never on world size, rank or worker count.
 
 RANK SHARDING / STATE: position = global samples consumed in the epoch. Global batch at position p
 gives rank r the positions [p + r*B, p + (r+1)*B). When fewer than world_size*B positions remain
@@ -25,15 +26,17 @@ the epoch ends; that tail (< one global batch) is dropped for the epoch and coun
 mixture_hash, plan_hash, epoch, position}; restoring at another world size (or batch size)
 resumes the same epoch at the same global position, so each planned frame is still used once.
 
-FAILURES: an episode that fails to read (CRC mismatch, malformed record) is counted in
-``stats["corrupt_episodes"]`` with a warning naming the shard and record; its samples are replaced
-by the previous good sample of the same batch (the next one for the first), counted in
-``stats["replaced_samples"]``; a batch with no readable sample repeats the last good sample of
-the stream (UserError if there is none yet). An image that fails to decode becomes zeros
-(``stats["bad_images"]``, the warning names shard and record). ``stats`` are per process and not part
-of the state. A record found corrupt by the index scan (or listed by the manifest but cut off a
-truncated shard) is left out of the plan (0 frames), counted in ``stats["skipped_records"]`` and
-named in a warning.
+FAILURES: an episode whose bytes are corrupt (a ``CorruptDataError`` of the readers: CRC mismatch,
+truncation, a malformed or mis-shaped record) is counted in ``stats["corrupt_episodes"]`` with a
+warning naming the shard and record; its samples are replaced by the previous good sample of the
+same batch (the next one for the first), counted in ``stats["replaced_samples"]``; a batch with no
+readable sample repeats the last good sample of the stream (UserError if there is none yet). An
+image whose bytes do not decode becomes zeros (``stats["bad_images"]``, the warning names shard and
+record). Any other error while reading or decoding (a bug, a missing file) fails the stream with a
+message naming the dataset, episode, shard and record; storage down past its retries raises
+``fs.StorageUnavailable``. ``stats`` are per process and not part of the state. A record found
+corrupt by the index scan (or listed by the manifest but cut off a truncated shard) is left out of
+the plan (0 frames), counted in ``stats["skipped_records"]`` and named in a warning.
 
 DETAILS: the per-shard record index is built as :mod:`pipeline.data.stream.source` describes; the
 decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode` describes. The ring has
@@ -42,8 +45,6 @@ decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode` des
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -55,11 +56,15 @@ import numpy as np
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
+from pipeline.data.io.errors import CorruptDataError
+from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash
+from pipeline.data.mixture.files import Mixture
+from pipeline.data.mixture.shares import epoch_draws
 from pipeline.data.schema import CAMERA_SLOTS
 from pipeline.data.stream.cache import EpisodeCache, make_keys, split_key
 from pipeline.data.stream.decode import DecodePool
 from pipeline.data.stream.normalize import normalize_bounds_q99
-from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, compute_shares, largest_remainder
+from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, rank_positions
 from pipeline.data.stream.source import CuratedSource, Episode, EpisodeSource
 from pipeline.errors import UserError
 
@@ -67,13 +72,12 @@ __all__ = ["StreamConfig", "TrainingStream", "STATE_VERSION"]
 
 log = logging.getLogger("pipeline.stream")
 _NO_PIXELS = np.zeros((0,), dtype=np.float32)
-STATE_VERSION = 1
+STATE_VERSION = 2  # 2: hashes by manifest.content_hash
 
 
 @dataclass(kw_only=True)
 class StreamConfig:
-    data_root: str = helpfield(MISSING, "curated output root (local dir or gs://), holds <dataset>/1.0.0/")
-    mixture: str = helpfield(MISSING, "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
+    data_root: str = helpfield(MISSING, f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
     batch_size: int = helpfield(32, "samples per rank per step (global batch = world_size * batch_size)")
     seed: int = helpfield(0, "seed of the epoch plans and of the augmentation draws")
     resolution: int = helpfield(224, "model image size (square), Lanczos resize")
@@ -100,10 +104,6 @@ class StreamConfig:
             raise ValueError(f"stream.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------------ stream
 class TrainingStream:
     """Infinite iterator of training batches for one rank (contracts.md "Training batch").
@@ -115,36 +115,35 @@ class TrainingStream:
             ``pipeline.model.prompt.ActionPromptBuilder``); reads ``language_instruction`` and the
             normalized ``action``.
         pad_id: padding id for ``input_ids`` (default: the builder's ``text_tokenizer.pad_token_id``).
-        mixture: a ``Mixture`` (default: ``load_mixture(cfg.mixture)``).
-        sources: one :class:`EpisodeSource` per mixture dataset (default: :class:`CuratedSource`).
+        mixture: the parsed :class:`~pipeline.data.mixture.files.Mixture` (weights, balance_by_size).
+        sources: one :class:`EpisodeSource` per weighted dataset of the mixture, in its order
+            (default: a :class:`CuratedSource` of each under ``cfg.data_root``).
     """
 
     def __init__(self, cfg: StreamConfig, *, rank: int, world_size: int, prompt_builder: Callable[[dict], dict],
-                 pad_id: int | None = None, mixture: Any = None,
-                 sources: Sequence[EpisodeSource] | None = None) -> None:
+                 mixture: Mixture, pad_id: int | None = None, sources: Sequence[EpisodeSource] | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
         self._builder = prompt_builder
         self._pad_id = pad_id if pad_id is not None else int(prompt_builder.text_tokenizer.pad_token_id)
-        if mixture is None:
-            from pipeline.data.mixture.files import load_mixture
-
-            mixture = load_mixture(cfg.mixture)
-        names = [n for n, w in mixture.datasets.items() if w > 0]
+        names = list(mixture.active())
         if sources is None:
-            sources = [CuratedSource(cfg.data_root, n, split=cfg.split, index_cache_dir=cfg.index_cache_dir)
-                       for n in names]
+            sources = [CuratedSource(CuratedDataset(cfg.data_root, n), split=cfg.split,
+                                     index_cache_dir=cfg.index_cache_dir) for n in names]
         self._sources = list(sources)
         self.dataset_names = [s.name for s in self._sources]
-        sizes = [s.layout.num_frames for s in self._sources]
-        weights = [float(mixture.datasets[n]) for n in self.dataset_names]
-        self.shares = compute_shares(weights, sizes, bool(mixture.balance_by_size))
-        self.counts = largest_remainder(self.shares, int(sum(sizes)))
+        if self.dataset_names != names:
+            raise ValueError(f"sources {self.dataset_names} are not the weighted datasets {names} of "
+                             f"mixture {mixture.name}")
+        draws = epoch_draws(mixture, {s.name: s.layout.num_frames for s in self._sources})
+        self.shares, self.counts = draws.shares, draws.counts
         self.windows = [self._window(s, share) for s, share in zip(self._sources, self.shares)]
-        self.mixture_hash = _hash({"names": self.dataset_names, "weights": weights, "sizes": sizes,
-                                   "balance": bool(mixture.balance_by_size)})
-        self.plan_hash = _hash({"mixture": self.mixture_hash, "windows": self.windows, "counts": self.counts.tolist()})
+        self.mixture_hash = content_hash({"names": self.dataset_names, "weights": list(draws.weights),
+                                          "sizes": list(draws.frames),
+                                          "balance": bool(mixture.balance_by_size)})[:16]
+        self.plan_hash = content_hash({"mixture": self.mixture_hash, "windows": self.windows,
+                                       "counts": self.counts.tolist()})[:16]
         if self.epoch_length() < self.global_batch:
             raise UserError(f"mixture {mixture.name}: an epoch has {self.epoch_length()} frames, fewer than one "
                             f"global batch ({world_size} x stream.batch_size={cfg.batch_size}); lower batch_size")
@@ -184,7 +183,7 @@ class TrainingStream:
 
     def _frame_bytes(self, keys: np.ndarray) -> np.ndarray:
         """Estimated cache bytes of one frame of each keyed episode (record bytes / steps)."""
-        ds, ep = keys >> 48, keys & 0xFFFFFFFF
+        ds, ep = split_key(keys)
         out = np.zeros(len(keys), dtype=np.int64)
         for d, src in enumerate(self._sources):
             sel = ds == d
@@ -192,16 +191,21 @@ class TrainingStream:
         return out
 
     def _read(self, key: int) -> Episode | None:
+        """The episode, or None when its bytes are corrupt (counted, warned); anything else fails loudly."""
         ds, ep = split_key(key)
+        source = self._sources[ds]
         try:
-            return self._sources[ds].read_episode(ep, self.cfg.cameras)
-        except fs.StorageUnavailable:  # storage down past the retry budget: fail, never skip silently
-            raise
-        except Exception as e:  # corrupt bytes, CRC mismatch, malformed record
+            return source.read_episode(ep, self.cfg.cameras)
+        except CorruptDataError as e:  # CRC mismatch, truncation, malformed record: counted and replaced
             self.stats["corrupt_episodes"] += 1
-            log.warning("[rank %d] skipping corrupt episode %s: %s", self.rank, self._sources[ds].describe(ep),
+            log.warning("[rank %d] skipping corrupt episode %s: %s", self.rank, source.describe(ep),
                         str(e).splitlines()[0])
             return None
+        except fs.StorageUnavailable:  # storage down past the retry budget: fail, never skip silently
+            raise
+        except Exception as e:  # not a data error (a bug, a missing file): fail, naming the episode
+            raise RuntimeError(f"[rank {self.rank}] reading episode {ep} of dataset {source.name} "
+                               f"({source.describe(ep)}) failed: {type(e).__name__}: {e}") from e
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> TrainingStream:
@@ -227,8 +231,7 @@ class TrainingStream:
         self.stats["dropped_tail_samples"] += max(0, len(plan) - position - steps * g)
         if steps <= 0:
             return
-        starts = position + g * np.arange(steps, dtype=np.int64)
-        pos = (starts[:, None] + self.rank * b + np.arange(b)).reshape(-1)
+        pos = rank_positions(position, steps, world_size=self.world_size, rank=self.rank, batch_size=b).reshape(-1)
         ds, fr = plan.dataset[pos], plan.frame[pos]
         cache = EpisodeCache(make_keys(ds, plan.pass_index[pos], plan.episode[pos]), fr, budget=self.cfg.buffer_bytes,
                              cameras=self.cfg.cameras, frame_bytes=self._frame_bytes, read=self._read,
@@ -239,7 +242,7 @@ class TrainingStream:
             cache.pump(need_upto=(k + 1) * b)
             samples = self._gather(cache, cache.sample_slot[sl], ds[sl], fr[sl], pos[sl])
             items = [(s["position"], s["images"]) for s in samples]
-            pending.append((self._decoder.submit(items, epoch), samples, epoch, int(starts[k]) + g))
+            pending.append((self._decoder.submit(items, epoch), samples, epoch, position + (k + 1) * g))
             if len(pending) > self.cfg.prefetch_batches:
                 yield self._finish(*pending.popleft())
         while pending:

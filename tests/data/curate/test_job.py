@@ -18,8 +18,7 @@ import pipeline  # noqa: F401
 from pipeline import fs
 from pipeline.config import load_config
 from pipeline.data.curate.job import CurateConfig, curate
-from pipeline.data.curate.tasks import curated_features
-from pipeline.data.manifest import curated_dir, read_manifest
+from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset, curated_features
 from pipeline.errors import UserError
 
 DATASETS = ("bridge_orig", "fractal20220817_data", "taco_play")
@@ -53,11 +52,11 @@ def _cfg(source: str, out: str, *extra: str) -> CurateConfig:
 def _episodes(out: str, name: str) -> list[dict]:
     from pipeline.data.io.rlds_reader import read_episodes
 
-    manifest = read_manifest(curated_dir(out, name))
+    manifest = CuratedDataset(out, name).read_manifest()
     features = curated_features(manifest["proprio_dim"])
     eps = []
     for shard in manifest["shards"]:
-        eps += list(read_episodes(fs.join(curated_dir(out, name), shard["file"]), features))
+        eps += list(read_episodes(fs.join(CuratedDataset(out, name).url, shard["file"]), features))
     return eps
 
 
@@ -80,8 +79,8 @@ def test_output_layout_stats_and_shuffle(curated, raw):
     from pipeline.data.io.rlds_reader import read_episodes
 
     for name in DATASETS:
-        d = curated_dir(curated, name)
-        manifest = read_manifest(d)
+        d = CuratedDataset(curated, name).url
+        manifest = fs.read_json(fs.join(d, MANIFEST_NAME))
         for f in ("dataset_statistics.json", "quarantine.json", "dataset_info.json", "features.json"):
             assert fs.exists(fs.join(d, f)), f
         assert not fs.exists(fs.join(d, "_parts"))
@@ -107,9 +106,9 @@ def test_output_layout_stats_and_shuffle(curated, raw):
         np.testing.assert_allclose(stats["action"]["mean"], action.astype(np.float64).mean(0), atol=1e-7)
         np.testing.assert_allclose(stats["proprio"]["std"], proprio.astype(np.float64).std(0), atol=1e-6)
         assert stats["action"]["mask"] == [True] * 6 + [False]
-    builder = tfds.builder_from_directory(curated_dir(curated, "taco_play"))
+    builder = tfds.builder_from_directory(CuratedDataset(curated, "taco_play").url)
     n = sum(1 for _ in builder.as_dataset(split="train"))
-    assert n == read_manifest(curated_dir(curated, "taco_play"))["total_episodes"]
+    assert n == CuratedDataset(curated, "taco_play").read_manifest()["total_episodes"]
 
 
 def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
@@ -124,12 +123,12 @@ def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
         a, b = _episodes(curated, name), _episodes(other, name)
         assert sorted(_ids(a)) == sorted(_ids(b))
         assert _ids(a) != _ids(b)  # another seed, another permutation
-        assert len(read_manifest(curated_dir(other, name))["shards"]) == 2
+        assert len(CuratedDataset(other, name).read_manifest()["shards"]) == 2
 
 
 def _make_faulty(raw: str, root: str) -> None:
     """A bridge_orig copy with one fault per reason (written with the RLDS writer)."""
-    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.builder import open_builder, shard_filename
     from pipeline.data.io.rlds_reader import read_episodes
     from pipeline.data.io.rlds_writer import write_builder_metadata, write_shard
 
@@ -147,7 +146,7 @@ def _make_faulty(raw: str, root: str) -> None:
     halves = [eps[:5], eps[5:]]
     lengths = []
     for i, part in enumerate(halves):
-        write_shard(fs.join(out_dir, f"bridge_orig-train.tfrecord-{i:05d}-of-00002"), part, src.features)
+        write_shard(fs.join(out_dir, shard_filename("bridge_orig", "train", i, 2)), part, src.features)
         lengths.append(len(part))
     write_builder_metadata(out_dir, "bridge_orig", src.version, src.features, {"train": lengths})
     shard = fs.get_fs(fs.join(out_dir, "bridge_orig-train.tfrecord-00001-of-00002"))[1]
@@ -167,7 +166,7 @@ def test_quarantine_counts_every_reason(ray_session, raw, tmp_path):
     cfg = load_config(CurateConfig, [f"mixture={mix}", f"source={root}", f"out={out}", "progress=false",
                                      "filters.image_check_frames=2"])
     [result] = curate(cfg)
-    q = fs.read_json(fs.join(curated_dir(out, "bridge_orig"), "quarantine.json"))
+    q = fs.read_json(fs.join(CuratedDataset(out, "bridge_orig").url, "quarantine.json"))
     reasons = {k: v["episodes"] for k, v in q["reasons"].items()}
     assert reasons == {"empty_instruction": 1, "nan_inf": 1, "action_magnitude": 1, "undecodable_image": 1,
                        "corrupt_record": 1}
@@ -201,13 +200,13 @@ def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
     out = fs.join(gcs_bucket, "curated")
     curate(_cfg(src, out))
     for name in DATASETS:
-        remote, local = read_manifest(curated_dir(out, name)), read_manifest(curated_dir(curated, name))
+        remote, local = CuratedDataset(out, name).read_manifest(), CuratedDataset(curated, name).read_manifest()
         # same permutation and statistics (shard bytes differ: episodes record their source URL)
         assert [s["episodes"] for s in remote["shards"]] == [s["episodes"] for s in local["shards"]]
         assert _ids(_episodes(out, name)) == _ids(_episodes(curated, name))
-        assert fs.read_json(fs.join(curated_dir(out, name), "dataset_statistics.json")) == \
-            fs.read_json(fs.join(curated_dir(curated, name), "dataset_statistics.json"))
-        assert not fs.exists(fs.join(curated_dir(out, name), "_parts"))
+        assert fs.read_json(fs.join(CuratedDataset(out, name).url, "dataset_statistics.json")) == \
+            fs.read_json(fs.join(CuratedDataset(curated, name).url, "dataset_statistics.json"))
+        assert not fs.exists(fs.join(CuratedDataset(out, name).url, "_parts"))
 
 
 @pytest.mark.slow
@@ -217,7 +216,7 @@ def test_kill_and_rerun_matches_uninterrupted(ray_session, raw, curated, tmp_pat
 
     out = str(tmp_path / "killed")
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")
-    parts = os.path.join(curated_dir(out, DATASETS[1]), "_parts")
+    parts = os.path.join(CuratedDataset(out, DATASETS[1]).url, "_parts")
     try:
         proc = start_curate(["curate", "mixture=demo", f"source={raw}", f"out={out}", "progress=false"], ray_tmp)
         assert kill_when(proc, lambda: os.path.isdir(parts) and any(f.endswith(".json") for f in os.listdir(parts))), \
@@ -225,8 +224,8 @@ def test_kill_and_rerun_matches_uninterrupted(ray_session, raw, curated, tmp_pat
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert partial_files(out, DATASETS) == []
-    assert read_manifest(curated_dir(out, DATASETS[0])) is not None  # the first dataset was committed
-    assert read_manifest(curated_dir(out, DATASETS[2])) is None  # the last one was not started
+    assert CuratedDataset(out, DATASETS[0]).read_manifest() is not None  # the first dataset was committed
+    assert CuratedDataset(out, DATASETS[2]).read_manifest() is None  # the last one was not started
     results = curate(_cfg(raw, out))
     assert [r["status"] for r in results] == ["reused", "resumed", "curated"]
     assert compare_outputs(curated, out, DATASETS) == []  # byte-identical, no .tmp/_parts left

@@ -14,10 +14,10 @@ from PIL import Image
 
 from pipeline import fs
 from pipeline.data.io.builder import open_builder, shard_filename
+from pipeline.data.io.errors import CorruptRecordError
 from pipeline.data.io.features import decode_tensor, parse_type_string
 from pipeline.data.io.rlds_reader import ReadStats, iter_dataset, read_episodes
 from pipeline.data.io.rlds_writer import write_builder_metadata, write_shard
-from pipeline.data.io.tfrecord import CorruptRecordError
 from pipeline.errors import UserError
 
 FEATURES = {

@@ -29,6 +29,16 @@ def test_decode_batch_marks_corrupt_images():
     assert not pixels[1, 0].any() and not pixels[0, 1].any()
 
 
+@pytest.mark.parametrize("ring", [False, True])
+def test_decode_batch_raises_what_is_not_a_data_error(tmp_path, ring):
+    """Only undecodable bytes become zeros: a value that is not bytes at all (a bug upstream) raises."""
+    items = [(0, (_encode(_noise(16, 16), "JPEG"),)), (1, (12345,))]
+    (tmp_path / "ring").write_bytes(bytes(2 * 3 * 8 * 8 * 4))
+    kwargs = {"ring": (str(tmp_path / "ring"), 0, 2 * 3 * 8 * 8 * 4)} if ring else {}
+    with pytest.raises(TypeError):
+        decode_batch(items, size=(8, 8), augment=False, seed=1, epoch=0, **kwargs)
+
+
 @pytest.mark.parametrize("augment", [False, True])
 def test_ring_slots_match_in_memory_decode_and_zero_stale_bytes(tmp_path, augment):
     good = _encode(_noise(16, 16), "JPEG")

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.data.io.errors import CorruptDataError, CorruptImageError
 from pipeline.data.stream.frames import (
     AugmentParams,
     apply_color_augment,
@@ -46,6 +47,14 @@ def test_draft_decode_close_to_full_decode():
     fast = decode_resize(data, (32, 32)).astype(np.float32)
     full = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((32, 32), Image.Resampling.LANCZOS))
     assert np.abs(fast - full.astype(np.float32)).mean() < 4.0
+
+
+@pytest.mark.parametrize("data", [b"not an image", b"\xff\xd8\xff\xe0 not really a jpeg", b"\x89PNG\r\n\x1a\n"])
+def test_undecodable_bytes_are_a_data_error(data):
+    with pytest.raises(CorruptImageError, match="do not decode"):
+        decode_resize(data, (8, 8))
+    with pytest.raises(CorruptDataError):
+        process_frame(data, (8, 8), rng=frame_rng(0, 0, 0))
 
 
 def test_process_frame_layout_and_padding():

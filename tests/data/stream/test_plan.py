@@ -1,17 +1,16 @@
-"""Epoch plan: shares, largest-remainder counts, windowed permutations, rank sharding."""
+"""Epoch plan: windowed permutations, wrap-around and truncation, the plan, rank sharding."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from pipeline.data.mixture.files import Mixture
+from pipeline.data.mixture.shares import epoch_draws
 from pipeline.data.stream.plan import (
     DatasetLayout,
     build_epoch_plan,
-    compute_shares,
     dataset_draws,
-    draw_counts,
-    largest_remainder,
     pass_order,
     rank_positions,
 )
@@ -26,24 +25,14 @@ A = _layout("a", [[5, 6, 7], [8, 4]])  # 30 frames, 5 episodes
 B = _layout("b", [[6, 6], [6]])  # 18 frames, 3 episodes
 
 
+def _draws(weights: list[float], sizes: list[int], balance_by_size: bool) -> np.ndarray:
+    """The stream's per-epoch draws of datasets "a", "b" (mixture.shares.epoch_draws)."""
+    mixture = Mixture(name="t", datasets=dict(zip("ab", weights)), balance_by_size=balance_by_size)
+    return epoch_draws(mixture, dict(zip("ab", sizes))).counts
+
+
 def _frames(layout: DatasetLayout) -> set[tuple[int, int]]:
     return {(e, f) for e, n in enumerate(layout.episode_frames) for f in range(int(n))}
-
-
-def test_largest_remainder_literal():
-    assert largest_remainder(np.array([0.5, 0.3, 0.2]), 7).tolist() == [4, 2, 1]  # 3.5, 2.1, 1.4 -> +1 to the .5
-    assert largest_remainder(np.array([1 / 3, 1 / 3, 1 / 3]), 10).tolist() == [4, 3, 3]  # tie -> lower index
-    assert largest_remainder(np.array([0.25, 0.75]), 48).tolist() == [12, 36]
-
-
-def test_shares_balanced_and_not():
-    np.testing.assert_allclose(compute_shares([1.0, 1.0], [30, 18], True), [30 / 48, 18 / 48])
-    np.testing.assert_allclose(compute_shares([1.0, 0.5], [30, 18], True), [30 / 39, 9 / 39])
-    np.testing.assert_allclose(compute_shares([1.0, 1.0], [30, 18], False), [0.5, 0.5])
-    assert draw_counts([1.0, 1.0], [30, 18], True).tolist() == [30, 18]
-    assert draw_counts([1.0, 1.0], [30, 18], False).tolist() == [24, 24]
-    with pytest.raises(ValueError):
-        compute_shares([0.0, 0.0], [1, 1], True)
 
 
 @pytest.mark.parametrize("window", [1, 2, 1000])
@@ -84,7 +73,7 @@ def test_wraparound_and_truncation():
 
 
 def test_plan_each_frame_once_when_balanced():
-    counts = draw_counts([1.0, 1.0], [A.num_frames, B.num_frames], True)
+    counts = _draws([1.0, 1.0], [A.num_frames, B.num_frames], True)
     plan = build_epoch_plan([A, B], counts, seed=3, epoch=0, windows=[2, 2])
     got = sorted(zip(plan.dataset.tolist(), plan.episode.tolist(), plan.frame.tolist()))
     want = sorted([(0, e, f) for e, f in _frames(A)] + [(1, e, f) for e, f in _frames(B)])
@@ -96,7 +85,7 @@ def test_plan_each_frame_once_when_balanced():
 
 
 def test_plan_weighted_counts():
-    counts = draw_counts([1.0, 2.0], [A.num_frames, B.num_frames], True)  # 30 : 36 of 48
+    counts = _draws([1.0, 2.0], [A.num_frames, B.num_frames], True)  # 30 : 36 of 48
     plan = build_epoch_plan([A, B], counts, seed=0, epoch=0, windows=[3, 3])
     assert np.bincount(plan.dataset).tolist() == counts.tolist() == [22, 26]
 
@@ -107,5 +96,9 @@ def test_rank_positions_disjoint_and_cover(world):
     seen = []
     for position in range(0, total - world * batch + 1, world * batch):
         for rank in range(world):
-            seen += rank_positions(position, world_size=world, rank=rank, batch_size=batch).tolist()
+            seen += rank_positions(position, 1, world_size=world, rank=rank, batch_size=batch).ravel().tolist()
     assert sorted(seen) == list(range(total))
+    steps = total // (world * batch)  # the same positions for a whole epoch at once, as the stream asks
+    whole = [rank_positions(0, steps, world_size=world, rank=r, batch_size=batch) for r in range(world)]
+    assert sorted(np.concatenate(whole).ravel().tolist()) == list(range(total))
+    assert whole[0].shape == (steps, batch)

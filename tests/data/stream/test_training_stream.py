@@ -12,9 +12,11 @@ import torch
 
 from pipeline import fs
 from pipeline.data.fixtures.curated import write_curated_dataset
+from pipeline.data.io.errors import CorruptRecordError
+from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.stream.normalize import normalize_bounds_q99
-from pipeline.data.stream.source import CuratedSource
+from pipeline.data.stream.source import CuratedSource, _curated_episode
 from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 from pipeline.errors import UserError
 
@@ -44,7 +46,7 @@ def data_root(tmp_path_factory):
 
 
 def _cfg(root: str, tmp: str, **kw) -> StreamConfig:
-    base = dict(data_root=root, mixture="t", batch_size=2, num_workers=0, resolution=8,
+    base = dict(data_root=root, batch_size=2, num_workers=0, resolution=8,
                 index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20, seed=5)
     base.update(kw)
     return StreamConfig(**base)
@@ -163,10 +165,10 @@ def test_output_independent_of_worker_count(data_root, tmp_path, augment):
 
 def test_gcs_source_matches_local(data_root, tmp_path, gcs_bucket):
     for name in LENGTHS:
-        local = os.path.join(data_root, name, "1.0.0")
+        local = CuratedDataset(data_root, name).url
         for file in sorted(os.listdir(local)):
             with open(os.path.join(local, file), "rb") as f:
-                fs.write_bytes(fs.join(gcs_bucket, name, "1.0.0", file), f.read())
+                fs.write_bytes(CuratedDataset(gcs_bucket, name).file(file), f.read())
     with _stream(_cfg(data_root, str(tmp_path / "a"))) as s:
         want = _take(s, 6)
     with _stream(_cfg(gcs_bucket, str(tmp_path / "b"))) as s:
@@ -191,7 +193,8 @@ def test_corrupt_record_is_counted_and_skipped(data_root, tmp_path, caplog):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
     cfg = _cfg(root, str(tmp_path), batch_size=4)
-    source = CuratedSource(root, "bridge_orig", index_cache_dir=cfg.index_cache_dir)  # index cached before damage
+    # the index is cached before the damage
+    source = CuratedSource(CuratedDataset(root, "bridge_orig"), index_cache_dir=cfg.index_cache_dir)
     shard = _flip_record(source, 1)
     with caplog.at_level(logging.WARNING, logger="pipeline.stream"), _stream(cfg) as s:
         batches = _take(s, 12)  # one full epoch
@@ -201,10 +204,52 @@ def test_corrupt_record_is_counted_and_skipped(data_root, tmp_path, caplog):
     assert any(shard in r.getMessage() and "record 1" in r.getMessage() for r in caplog.records)
 
 
+def test_a_missing_shard_fails_loudly_naming_the_episode(data_root, tmp_path):
+    """Only corrupt bytes are skipped: an episode that cannot be read for another reason (here its shard
+    was deleted after indexing) stops the stream with the dataset, episode, shard and record named."""
+    root = str(tmp_path / "data")
+    shutil.copytree(data_root, root)
+    cfg = _cfg(root, str(tmp_path), batch_size=4)
+    source = CuratedSource(CuratedDataset(root, "bridge_orig"), index_cache_dir=cfg.index_cache_dir)
+    os.remove(source.shard_urls[1])
+    with _stream(cfg) as s:
+        with pytest.raises(RuntimeError) as err:
+            _take(s, 12)
+        assert s.stats["corrupt_episodes"] == 0 and s.stats["replaced_samples"] == 0
+    message = str(err.value)
+    assert "dataset bridge_orig" in message and f"{source.shard_urls[1]} record" in message
+    assert "FileNotFoundError" in message and isinstance(err.value.__cause__, FileNotFoundError)
+
+
+def _curated_record(steps: int = 3, **changes) -> dict:
+    ex = {"steps/is_first": np.array([1] + [0] * (steps - 1)), "steps/action": np.zeros(steps * 7, np.float32),
+          "steps/language_instruction": [b"pick"] * steps, "steps/observation/image_primary": [b"jpg"] * steps,
+          "episode_metadata/episode_id": [b"ep7"]}
+    ex.update(changes)
+    return {k: v for k, v in ex.items() if v is not None}
+
+
+@pytest.mark.parametrize("changes,reason", [
+    ({"steps/action": None}, "no steps/action"),
+    ({"steps/action": np.zeros(20, np.float32)}, "steps/action has 20 values, expected 3 x 7"),
+    ({"steps/action": [b"x"] * 21}, "steps/action has 21 values"),
+    ({"steps/language_instruction": [b"pick"] * 2}, "steps/language_instruction holds 2 values for 3 steps"),
+    ({"steps/observation/image_primary": np.zeros(3)}, "image_primary holds 3 values"),
+    ({"steps/language_instruction": [b"\xff"] * 3}, "not UTF-8"),
+    ({"episode_metadata/episode_id": np.array([7])}, "episode_id is not one text value"),
+])
+def test_a_record_that_is_not_a_curated_episode_is_a_data_error(changes, reason):
+    episode = _curated_episode(_curated_record(), ["primary", "wrist"], "x.tfrecord", 4)
+    assert episode.episode_id == "ep7" and episode.action.shape == (3, 7) and episode.images["wrist"] == [b""] * 3
+    with pytest.raises(CorruptRecordError, match=f"x.tfrecord: record 4 is corrupt .*{reason}"):
+        _curated_episode(_curated_record(**changes), ["primary"], "x.tfrecord", 4)
+
+
 def test_corrupt_record_found_by_the_index_scan_is_left_out(data_root, tmp_path, caplog):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
-    shard = _flip_record(CuratedSource(root, "bridge_orig", index_cache_dir=str(tmp_path / "pristine")), 1)
+    pristine = CuratedSource(CuratedDataset(root, "bridge_orig"), index_cache_dir=str(tmp_path / "pristine"))
+    shard = _flip_record(pristine, 1)
     cfg = _cfg(root, str(tmp_path))  # fresh index cache: the scan sees the damage
     with caplog.at_level(logging.WARNING, logger="pipeline.stream"), _stream(cfg) as s:
         assert s.epoch_length() == TOTAL - LENGTHS["bridge_orig"][1]
@@ -225,9 +270,10 @@ def test_mismatched_state_is_refused(data_root, tmp_path):
     with _stream(cfg, mixture=weighted) as other, pytest.raises(UserError, match="mixture_hash"):
         other.load_state_dict(state)
     with _stream(_cfg(data_root, str(tmp_path), buffer_bytes=4 * 2**20)) as other:
-        if other.plan_hash != state["plan_hash"]:
-            with pytest.raises(UserError, match="plan_hash"):
-                other.load_state_dict(state)
+        # a 4x budget gives 4x the shuffle windows: same mixture, another plan
+        assert other.mixture_hash == state["mixture_hash"] and other.plan_hash != state["plan_hash"]
+        with pytest.raises(UserError, match="plan_hash"):
+            other.load_state_dict(state)
 
 
 def test_weighted_mixture_draw_counts(data_root, tmp_path):
@@ -240,7 +286,7 @@ def test_weighted_mixture_draw_counts(data_root, tmp_path):
 
 def test_tight_buffer_shrinks_window_but_keeps_coverage(data_root, tmp_path):
     cfg = _cfg(data_root, str(tmp_path), batch_size=4)
-    sources = [CuratedSource(data_root, n, index_cache_dir=cfg.index_cache_dir) for n in LENGTHS]
+    sources = [CuratedSource(CuratedDataset(data_root, n), index_cache_dir=cfg.index_cache_dir) for n in LENGTHS]
     for src in sources:  # pretend episodes are huge: the 1 MiB budget then allows a window of 1 episode
         src.episode_bytes = src.episode_bytes * 10**6
     with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=StubBuilder(), pad_id=0, mixture=MIX,
@@ -259,11 +305,11 @@ def test_manifest_index_skips_the_scan(data_root, tmp_path):
     root = str(tmp_path / "data")
     shutil.copytree(data_root, root)
     for name in LENGTHS:
-        url = os.path.join(root, name, "1.0.0", "manifest.json")
-        manifest = fs.read_json(url)
+        dataset = CuratedDataset(root, name)
+        manifest = dataset.manifest()
         for entry in manifest["shards"]:
-            entry["index"] = _scan_shard(os.path.join(root, name, "1.0.0", entry["file"]))
-        fs.write_json(url, manifest)
+            entry["index"] = _scan_shard(dataset.file(entry["file"]))
+        fs.write_json(dataset.file(MANIFEST_NAME), manifest)
     cfg = _cfg(root, str(tmp_path / "fresh"))
     with _stream(cfg) as s, _stream(_cfg(data_root, str(tmp_path))) as ref:
         for a, b in zip(_take(s, 4), _take(ref, 4)):
@@ -273,9 +319,9 @@ def test_manifest_index_skips_the_scan(data_root, tmp_path):
 
 def test_config_checks():
     with pytest.raises(ValueError, match="batch_size"):
-        StreamConfig(data_root="x", mixture="y", batch_size=0)
+        StreamConfig(data_root="x", batch_size=0)
     with pytest.raises(ValueError, match="cameras"):
-        StreamConfig(data_root="x", mixture="y", cameras=["top"])
+        StreamConfig(data_root="x", cameras=["top"])
 
 
 def test_real_prompt_builder_and_extra_camera(data_root, tmp_path):
