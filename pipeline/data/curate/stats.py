@@ -1,6 +1,7 @@
 """Mergeable per-dataset statistics of actions and proprio (OpenVLA ``dataset_statistics.json``).
 
-Each curation task builds a :class:`PartialStats` over the frames it keeps; partials from any number
+Each curation task builds a :class:`PartialStats` over the frames it counts (every split, before the
+episode filters: OpenVLA's split "all"); partials from any number
 of tasks merge (:meth:`PartialStats.merge`) and :meth:`PartialStats.finalize` produces OpenVLA's
 per-dataset fields: ``mean, std, min, max, q01, q99`` for ``action`` and ``proprio``, the action
 ``mask`` (gripper left unnormalized: ``[True] * 6 + [False]``), ``num_transitions`` and
