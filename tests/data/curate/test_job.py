@@ -230,6 +230,47 @@ def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
         assert CuratedDataset(other, name).statistics() == CuratedDataset(curated, name).statistics()
 
 
+def test_kuka_failures_before_statistics_droid_idle_after(ray_session, tmp_path):
+    """kuka: success == false episodes never count (OpenVLA's copy is success-filtered offline);
+    DROID: idle frames count in the statistics, then go: normalized with those statistics they sit
+    on DROID's hard-coded normalized zero (the fixture's velocities use DROID's percentiles)."""
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.io.rlds_reader import read_episodes
+    from pipeline.data.oxe import get_spec
+
+    raw = str(tmp_path / "raw")
+    run_fixture(load_config(FixtureConfig, [f"out={raw}", "datasets=[kuka,droid]", "episodes=12", "shards=2",
+                                            "steps=5-7", "image_size=16", "seed=0"]))
+    mix = tmp_path / "kd.yaml"
+    mix.write_text("name: kd\ndatasets:\n  kuka: 1.0\n  droid: 1.0\n")
+    out = str(tmp_path / "out")
+    curate(load_config(CurateConfig, [f"mixture={mix}", f"source={raw}", f"out={out}", "progress=false"]))
+    hand = {}
+    for name in ("kuka", "droid"):
+        spec, source = get_spec(name), open_builder(fs.join(raw, name))
+        eps = [e for s in source.splits["train"] for e in read_episodes(s.url, source.features)]
+        ok = [spec.standardize(e) for e in eps if name != "kuka" or e["success"]]
+        hand[name] = {"read": len(eps), "counted": ok, "action": np.concatenate([e["steps"]["action"] for e in ok])}
+    kuka = CuratedDataset(out, "kuka").statistics()["kuka"]
+    assert 0 < len(hand["kuka"]["counted"]) < hand["kuka"]["read"]
+    assert kuka["num_trajectories"] == len(hand["kuka"]["counted"])
+    # (an array q keeps numpy 2 on OpenVLA's float64 path; a float q would work in float32, see quantiles.py)
+    np.testing.assert_array_equal([kuka["action"]["q01"], kuka["action"]["q99"]],
+                                  np.quantile(hand["kuka"]["action"], QS, axis=0))
+    droid = CuratedDataset(out, "droid")
+    action = hand["droid"]["action"]
+    assert droid.statistics()["droid"]["num_transitions"] == len(action)  # idle frames included
+    idle = ~np.any(action[:, :6] != 0, axis=1)
+    curated = np.concatenate([e["steps"]["action"] for e in _episodes(out, "droid") + _episodes(out, "droid", "val")])
+    assert idle.sum() >= 12 and not np.any(np.all(curated[:, :6] == 0, axis=1))
+    q = fs.read_json(droid.file("quarantine.json"))
+    labeled = [e for e in hand["droid"]["counted"] if any(e["steps"]["language_instruction"])]
+    idle_labeled = sum(int(np.all(e["steps"]["action"][:, :6] == 0, axis=1).sum()) for e in labeled)
+    assert q["reasons"]["droid_idle"]["frames"] == idle_labeled and q["reasons"]["droid_idle"]["episodes"] == 0
+    assert len(curated) == sum(len(e["steps"]["action"]) for e in labeled) - idle_labeled
+
+
 def _make_faulty(raw: str, root: str) -> None:
     """A bridge_orig copy of 10 labeled train episodes (no val split: train[:95%] = all 10, 9.5 rounds
     to even) with one fault per reason (written with the RLDS writer)."""
