@@ -1,7 +1,7 @@
 """``TrainConfig``: the typed config tree of ``vla train`` (omegaconf structured dataclasses).
 
 Sections: ``model`` (VLAConfig), ``data``, ``optim``, ``fsdp``, ``checkpoint``, ``stop``,
-``metrics``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``, ``nproc``, batch sizes.
+``metrics``, ``eval``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``, ``nproc``, batch sizes.
 Every value is checked in ``__post_init__`` (one line naming the key and the fix).
 """
 
@@ -15,6 +15,7 @@ from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
+from pipeline.train.evaluate import EvalConfig
 from pipeline.train.metrics import MetricsConfig
 from pipeline.train.optim import OptimConfig
 
@@ -25,6 +26,7 @@ __all__ = [
     "StopConfig",
     "DebugConfig",
     "CheckpointConfig",
+    "EvalConfig",
     "MetricsConfig",
     "OptimConfig",
     "grad_accum_steps",
@@ -137,6 +139,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:

@@ -1,5 +1,6 @@
 """The training loop: a list of calls. One step = ``accum`` micro-batches of forward + backward,
-grad clip, AdamW update, LR schedule, metrics (all-reduced), stop rule, checkpoint.
+grad clip, AdamW update, LR schedule, metrics (all-reduced), validation (every ``eval.every_steps``),
+stop rule, checkpoint.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Loop:
     run_dir: str = "."
     signals: Any = None  # SignalWatch: SIGTERM -> checkpoint and stop after the current step
     sample_log: Any = None  # metrics.SampleLog (debug.sample_log): per-step (epoch, dataset, episode, frame)
+    evaluator: Any = None  # evaluate.Evaluator: validation metrics every eval.every_steps
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -243,6 +245,8 @@ def run_loop(loop: Loop) -> dict:
     record: dict = {}
     while reason is None:
         record = train_step(loop)
+        if loop.evaluator is not None and loop.evaluator.due(loop.state.step):
+            record.update(loop.evaluator.run(loop.model))
         loop.logger.log(loop.state.step, record)
         if loop.sample_log is not None:
             loop.sample_log.write(loop.state.step)  # before the checkpoint of this step

@@ -312,6 +312,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
 def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture: Mixture | None) -> dict:
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
+    from pipeline.train.evaluate import build_evaluator
     from pipeline.train.loop import Loop, SignalWatch, TrainState, run_loop, stream_epoch
     from pipeline.train.metrics import MetricsLogger, MovingAverage, SampleLog, StepStats, peak_flops
     from pipeline.train.optim import build_optimizer, build_scheduler
@@ -349,6 +350,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
         state.epoch = stream_epoch(stream)
     logger = MetricsLogger(cfg.metrics, run_dir=cfg.run_dir, rank=rank, start_step=state.step,
                            max_steps=cfg.stop.max_steps, dataset_names=names)
+    evaluator = build_evaluator(cfg, mixture=mixture, prompt_builder=builder, pad_id=tokenizer.pad_token_id,
+                                rank=rank, world=world, image_size=image_size, device=device)
     loop = Loop(model=model, optimizer=optimizer, stream=stream, action_tokenizer=builder.action_tokenizer,
                 state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt,
                 device=device, accum=accum, grad_clip=cfg.optim.grad_clip, world_size=world, rank=rank,
@@ -356,7 +359,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
                 stop_accuracy=cfg.stop.accuracy, max_steps=cfg.stop.max_steps, max_epochs=cfg.stop.max_epochs,
                 crash_at_step=cfg.debug.crash_at_step, crash_rank=cfg.debug.crash_rank,
                 term_at_step=cfg.debug.term_at_step, run_dir=cfg.run_dir,
-                signals=SignalWatch().install(), sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None)
+                signals=SignalWatch().install(), sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None,
+                evaluator=evaluator)
     log.info("training: world=%d mesh=%s accum=%d global_batch=%d resume=%s", world, dims.mesh.shape, accum,
              accum * world * cfg.per_device_batch, resume or "-")
     try:
@@ -368,6 +372,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
             loop.sample_log.close()
         ckpt.close()
         stream.close()
+        if evaluator is not None:
+            evaluator.close()
     summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params(),
                    **hooks.summary(model))
     if rank == 0:
