@@ -243,10 +243,12 @@ def run_loop(loop: Loop) -> dict:
     reason = stop_reason(loop.state.stop_avg, step=loop.state.step, epoch=loop.state.epoch,
                          accuracy=loop.stop_accuracy, max_steps=loop.max_steps, max_epochs=loop.max_epochs)
     record: dict = {}
+    validation: dict = {}
     while reason is None:
         record = train_step(loop)
         if loop.evaluator is not None and loop.evaluator.due(loop.state.step):
-            record.update(loop.evaluator.run(loop.model))
+            validation = {"step": loop.state.step, **loop.evaluator.run(loop.model)}
+            record.update(validation)
         loop.logger.log(loop.state.step, record)
         if loop.sample_log is not None:
             loop.sample_log.write(loop.state.step)  # before the checkpoint of this step
@@ -263,5 +265,6 @@ def run_loop(loop: Loop) -> dict:
         "final_action_accuracy": record.get("action_accuracy"),
         "final_action_accuracy_avg": loop.state.stop_avg.value,
         "final_loss": record.get("loss"),
+        "last_validation": {k: validation[k] for k in ("step", "eval_loss", "eval_action_accuracy") if k in validation},
         "last_checkpoint": loop.checkpointer.last_saved,
     }
