@@ -14,8 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -34,9 +33,13 @@ WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 
 
-@dataclass
-class VLAOutput:
+class VLAOutput(NamedTuple):
     """Result of ``VLA.forward``.
+
+    A NamedTuple, not a dataclass: FSDP2 finds the output tensors that need its pre-backward hook
+    (which gathers the root's parameters again after reshard-after-forward) by walking the
+    output, and torch 2.11's walk (pytree ``tree_flatten``) does not look inside unregistered
+    dataclasses; every torch version walks NamedTuples.
 
     loss: scalar mean cross-entropy over supervised (label != -100) tokens, or None without labels.
     logits: fast path: [N, V] at the N supervised positions (row order = ``targets``); full path
@@ -87,15 +90,21 @@ class VisionEncoder(nn.Module):
         self.image_size = int(self.vit.patch_embed.img_size[0])
         self._mean = tuple(float(v) for v in spec.mean)
         self._std = tuple(float(v) for v in spec.std)
+        # (device, dtype) -> (mean, std) [1,3,1,1]: made once, so a forward never copies host data
+        # to the GPU (a CUDA graph capture forbids that)
+        self._norm_stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def blocks(self) -> list[nn.Module]:
         return list(self.vit.blocks)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,P,C]
-        mean = torch.tensor(self._mean, device=pixel_values.device, dtype=pixel_values.dtype)
-        std = torch.tensor(self._std, device=pixel_values.device, dtype=pixel_values.dtype)
-        x = (pixel_values - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        key = (pixel_values.device, pixel_values.dtype)
+        if key not in self._norm_stats:
+            self._norm_stats[key] = tuple(torch.tensor(v, device=key[0], dtype=key[1]).view(1, 3, 1, 1)
+                                          for v in (self._mean, self._std))
+        mean, std = self._norm_stats[key]
+        x = (pixel_values - mean) / std
         feats = self.vit.forward_features(x)  # [B, prefix + P, C]; norm pruned -> Identity
         return feats[:, self.vit.num_prefix_tokens:]
 
@@ -223,16 +232,20 @@ class VLA(nn.Module):
     compute_metrics = staticmethod(action_metrics)
 
     # -- parallelism / accounting ----------------------------------------------------------------
+    def block_segments(self) -> list[list[nn.Module]]:
+        """The blocks, in forward order, as runs that execute back to back: each vision
+        encoder's blocks, the projector, the LLM decoder layers. Per-block wrappers (activation
+        checkpointing, compile) apply to every block; FSDP units group blocks within one run."""
+        segments = [list(enc.blocks) for enc in self.vision]
+        segments.append([self.projector])
+        segments.append(list(self.llm.model.layers))
+        return segments
+
     def fsdp_units(self) -> list[nn.Module]:
         """Submodules to ``fully_shard`` individually (then shard the root): every vision block,
         the projector, every LLM decoder layer. Embeddings, final norm, LM head, patch embeds
         stay with the root."""
-        units: list[nn.Module] = []
-        for enc in self.vision:
-            units.extend(enc.blocks)
-        units.append(self.projector)
-        units.extend(self.llm.model.layers)
-        return units
+        return [block for segment in self.block_segments() for block in segment]
 
     def num_params(self, *, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count (``exclude_embeddings`` drops the input embedding table)."""

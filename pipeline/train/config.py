@@ -18,6 +18,7 @@ from pipeline.train.checkpoint import CheckpointConfig
 from pipeline.train.evaluate import EvalConfig
 from pipeline.train.metrics import MetricsConfig
 from pipeline.train.optim import OptimConfig
+from pipeline.train.parallel import FSDPConfig
 
 __all__ = [
     "TrainConfig",
@@ -70,24 +71,6 @@ class DataConfig(StreamConfig):
         values.update(batch_size=batch_size, seed=seed if self.seed < 0 else self.seed,
                       resolution=self.resolution or resolution, cameras=list(self.cameras))
         return StreamConfig(**values)
-
-
-@dataclass(kw_only=True)
-class FSDPConfig:
-    mode: str = field(default="full", metadata={"help": "full (1-D mesh) | hybrid (shard in node, replicate across)"})
-    shard_size: int = field(default=0, metadata={"help": "hybrid: ranks per node (0: LOCAL_WORLD_SIZE)"})
-    param_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
-    reduce_dtype: str = field(default="float32", metadata={"help": "gradient reduce-scatter dtype"})
-    reshard_after_forward: bool = field(default=True, metadata={"help": "free gathered params after forward"})
-    activation_checkpointing: str = field(default="none", metadata={"help": "none | selective | full"})
-    ac_every: int = field(default=2, metadata={"help": "selective: checkpoint every N-th unit"})
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("full", "hybrid"):
-            raise UserError(f"fsdp.mode={self.mode!r}: expected full or hybrid")
-        if self.activation_checkpointing not in ("none", "selective", "full"):
-            raise UserError(f"fsdp.activation_checkpointing={self.activation_checkpointing!r}: "
-                            "expected none, selective or full")
 
 
 @dataclass(kw_only=True)

@@ -231,15 +231,12 @@ def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any
 
 
 def shard_model(model: Any, cfg: TrainConfig, device: Any, mesh: Any) -> Any:
-    """Activation checkpointing + FSDP2 over ``model.fsdp_units()`` as ``cfg.fsdp`` says."""
-    from pipeline.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_dtype
+    """Attention kernel, activation checkpointing, compile and FSDP2 as ``cfg.fsdp`` says."""
+    from pipeline.train.parallel import parallelize, resolve_dtype
 
-    units = model.fsdp_units()
-    apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
-    return apply_fsdp(model, mesh, units=units,
-                      param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
-                      reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"),
-                      reshard_after_forward=cfg.fsdp.reshard_after_forward)
+    return parallelize(model, mesh, cfg.fsdp,
+                       param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
+                       reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"))
 
 
 def _tokenizer_files(tokenizer: Any) -> dict[str, str]:

@@ -7,7 +7,7 @@ Flow (one rank)::
       -> episode cache (cache.py: I/O threads read whole episodes by byte range from the
          sources (source.py), ENCODED images only; bounded by ``buffer_bytes``; an episode is
          dropped after this rank's last use of it)
-      -> decode/resize/augment (decode.py, frames.py) in ``num_workers`` processes, batch k on any
+      -> decode/resize/augment (decode_pool.py, frames.py) in ``num_workers`` processes, batch k on any
          worker, results taken back in batch order (output independent of worker count)
       -> BOUNDS_Q99 action normalization (normalize.py) + prompt builder + collate -> batch
 
@@ -39,7 +39,7 @@ corrupt by the index scan (or listed by the manifest but cut off a truncated sha
 the plan (0 frames), counted in ``stats["skipped_records"]`` and named in a warning.
 
 DETAILS: the per-shard record index is built as :mod:`pipeline.data.stream.source` describes; the
-decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode` describes. The ring has
+decode workers and their /dev/shm ring as :mod:`pipeline.data.stream.decode_pool` describes. The ring has
 ``prefetch_batches + 1`` slots: at most that many batches are in flight.
 """
 
@@ -62,7 +62,7 @@ from pipeline.data.mixture.files import Mixture
 from pipeline.data.mixture.shares import epoch_draws
 from pipeline.data.schema import CAMERA_SLOTS
 from pipeline.data.stream.cache import EpisodeCache, make_keys, split_key
-from pipeline.data.stream.decode import DecodePool
+from pipeline.data.stream.decode_pool import DecodePool
 from pipeline.data.stream.normalize import normalize_bounds_q99
 from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, rank_positions
 from pipeline.data.stream.source import CuratedSource, Episode, EpisodeSource

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.data.stream.decode import decode_batch, read_ring_slot
+from pipeline.data.stream.decode_pool import decode_batch, read_ring_slot
 
 
 def _encode(array: np.ndarray, fmt: str) -> bytes:
