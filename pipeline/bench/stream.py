@@ -75,7 +75,7 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
     stream = TrainingStream(cfg, rank=0, world_size=1, prompt_builder=builder, mixture=mixture)
     for _ in range(args.warmup):
         next(stream)
-    pids = [os.getpid()] + ([p.pid for p in stream._pool._pool] if stream._pool is not None else [])
+    pids = [os.getpid(), *stream.worker_pids()]
     cpu0, t0 = sum(_proc_cpu(p) for p in pids), time.perf_counter()
     metas = [next(stream)["meta"] for _ in range(args.batches)]
     wall, cpu = time.perf_counter() - t0, sum(_proc_cpu(p) for p in pids) - cpu0
