@@ -34,8 +34,6 @@ import time
 
 import numpy as np
 
-from pipeline import fs
-
 __all__ = ["main"]
 
 # ------------------------------------------------------------------------------------ measurements
@@ -93,6 +91,8 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
 def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
     import tensorflow as tf
 
+    from pipeline.data.manifest import CuratedDataset
+
     base_mb = _proc_status_mb(os.getpid(), "VmRSS")  # tensorflow imported
     res = 224
     feats = {"steps/observation/image_primary": tf.io.VarLenFeature(tf.string),
@@ -126,8 +126,9 @@ def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
 
     per_ds, sizes = [], []
     for name in datasets:
-        manifest = fs.read_json(fs.join(args.data, name, "1.0.0", "manifest.json"))
-        files = [fs.join(args.data, name, "1.0.0", s["file"]) for s in manifest["shards"]]
+        dataset = CuratedDataset(args.data, name)
+        manifest = dataset.manifest()
+        files = [url for url, _ in dataset.shards()]
         sizes.append(manifest["total_frames"])
         ds = tf.data.TFRecordDataset(files).repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         per_ds.append(ds.flat_map(tf.data.Dataset.from_tensor_slices))

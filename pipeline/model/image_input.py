@@ -28,10 +28,10 @@ import torch
 from pipeline import fs
 from pipeline.data.stream.frames import prepare_image
 from pipeline.errors import UserError
+from pipeline.model.pretrained import TRAIN_CONFIG_FILE
 
 __all__ = ["TRAIN_CONFIG_FILE", "ImagePreprocess", "pixels_from_uint8"]
 
-TRAIN_CONFIG_FILE = "train_config.yaml"
 _SCALE = np.float32(1.0 / 255.0)  # the stream's uint8 -> float factor (frames.decode_batch)
 
 
@@ -45,7 +45,16 @@ class ImagePreprocess:
     @classmethod
     def from_export(cls, url: str, model_config: Any, *, center_crop: bool | None = None) -> ImagePreprocess:
         """The preprocessing export ``url`` was trained with (``center_crop`` given: overrides it)."""
-        data = _train_data_config(url)
+        path = fs.join(url, TRAIN_CONFIG_FILE)
+        text = fs.read_text(path) if fs.exists(path) else None
+        return cls.from_train_config(text, model_config, center_crop=center_crop, where=url)
+
+    @classmethod
+    def from_train_config(cls, text: str | None, model_config: Any, *, center_crop: bool | None = None,
+                          where: str = "") -> ImagePreprocess:
+        """The preprocessing of a run whose ``train_config.yaml`` is ``text`` (None: the model's
+        image size, no crop); ``center_crop`` given: overrides it."""
+        data = _train_data_config(text, fs.join(where, TRAIN_CONFIG_FILE) if where else TRAIN_CONFIG_FILE)
         size = int(data.get("resolution") or 0) or int(model_config.image_size)
         crop = bool(data.get("augment", False)) if center_crop is None else bool(center_crop)
         return cls(size=size, center_crop=crop)
@@ -77,15 +86,14 @@ def _as_uint8(image: Any) -> Any:
     return image
 
 
-def _train_data_config(url: str) -> dict[str, Any]:
-    """The ``data`` section of the export's training config ({} when the export has none)."""
-    path = fs.join(url, TRAIN_CONFIG_FILE)
-    if not fs.exists(path):
+def _train_data_config(text: str | None, path: str) -> dict[str, Any]:
+    """The ``data`` section of a training config's YAML ``text`` ({} when there is none)."""
+    if text is None:
         return {}
     import yaml
 
     try:
-        doc = yaml.safe_load(fs.read_text(path)) or {}
+        doc = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
     data = doc.get("data", {}) if isinstance(doc, dict) else None

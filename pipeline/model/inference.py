@@ -1,4 +1,4 @@
-"""One-call inference from a ``VLA.save_pretrained`` export: image + instruction -> 7-D action.
+"""One-call inference from a ``vla export`` folder or an OpenVLA checkpoint: image + instruction -> 7-D action.
 
     policy = VLAPolicy.from_pretrained("gs://bucket/run/export", quantization="bf16")
     action = policy.predict_action(image_uint8_hwc, "pick up the block", unnorm_key="bridge_orig")
@@ -17,8 +17,6 @@ action on a GPU); :func:`greedy_action_ids` is the reference (HF forward + Dynam
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,27 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline import fs
 from pipeline.errors import UserError
 from pipeline.model.decode import ActionDecoder, DecodeOptions
 from pipeline.model.image_input import ImagePreprocess, pixels_from_uint8
-from pipeline.model.presets import VLAConfig
+from pipeline.model.pretrained import STATS_FILE, PretrainedVLA, load_pretrained_vla
 from pipeline.model.prompt import ActionPromptBuilder
 from pipeline.model.quantize import (
     GPU_MODES,
     check_mode,
     compute_dtype,
-    default_dtype,
     quantize_llm_linears_,
     resolve_device,
 )
-from pipeline.model.text_tokenizer import load_text_tokenizer
 from pipeline.model.tokenizer import ActionTokenizer
-from pipeline.model.vla import CONFIG_FILE, FORMAT_VERSION, VLA, WEIGHTS_FILE
+from pipeline.model.vla import VLA
 
 __all__ = ["VLAPolicy", "greedy_action_ids", "load_policy", "load_vla", "unnormalize_action"]
 
-STATS_FILE = "dataset_statistics.json"
 _MAX_DECODERS = 4  # static-cache decoders kept per policy (one per batch size x prompt length)
 
 
@@ -88,61 +82,27 @@ def greedy_action_ids(model: VLA, pixel_values: torch.Tensor, prompt_ids: torch.
     return torch.stack(ids, dim=1)
 
 
-def _local_weights(url: str, tmp: str) -> str:
-    weights = fs.join(url, WEIGHTS_FILE)
-    if not fs.exists(weights):
-        raise UserError(f"{url}: no {WEIGHTS_FILE}; expected a VLA.save_pretrained export")
-    if not fs.is_remote(url):
-        return fs.get_fs(weights)[1]
-    fsys, path = fs.get_fs(weights)
-    local = os.path.join(tmp, WEIGHTS_FILE)
-    fsys.get_file(path, local)
-    return local
-
-
-def _copy_weights(model: VLA, path: str, url: str) -> None:
-    """Stream the safetensors tensors one by one into ``model`` (cast to its dtypes), strictly."""
-    from safetensors import safe_open
-
-    target = model.state_dict()
-    with safe_open(path, framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        missing, unexpected = sorted(set(target) - keys), sorted(keys - set(target))
-        if missing or unexpected:
-            raise UserError(f"{url}/{WEIGHTS_FILE}: does not match its {CONFIG_FILE} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            for name, dst in target.items():
-                src = f.get_tensor(name)
-                if tuple(src.shape) != tuple(dst.shape):
-                    raise UserError(f"{url}/{WEIGHTS_FILE}: {name} has shape {tuple(src.shape)}, "
-                                    f"its {CONFIG_FILE} gives {tuple(dst.shape)}")
-                dst.copy_(src)
-
-
-def load_vla(url: str, *, quantization: str = "auto", device: str | torch.device = "auto") -> tuple[VLA, str]:
-    """The export's model in inference form: ``(model, mode)``. bf16/fp32 are built directly on
-    ``device`` in their dtype; int8/int4 are built in bf16 on the CPU, their LLM decoder Linear
-    layers quantized onto the GPU one by one, then the rest moved over (peak GPU ~ final size)."""
+def _load(url: str, quantization: str, device: str | torch.device) -> tuple[PretrainedVLA, str]:
+    """The checkpoint (ours or OpenVLA's, via :func:`pipeline.model.pretrained.load_pretrained_vla`)
+    in inference form: bf16/fp32 built directly on ``device`` in their dtype; int8/int4 built in
+    bf16 on the CPU, their LLM decoder Linear layers quantized onto the GPU one by one, then the
+    rest moved over (peak GPU ~ final size). Returns (PretrainedVLA, mode)."""
     dev = resolve_device(device)
     mode = check_mode(quantization, dev)
-    cfg_url = fs.join(url, CONFIG_FILE)
-    if not fs.exists(cfg_url):
-        raise UserError(f"{url}: no {CONFIG_FILE}; expected a VLA.save_pretrained export (vla export)")
-    meta = fs.read_json(cfg_url)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{cfg_url}: format_version={meta.get('format_version')}, this code reads {FORMAT_VERSION}")
-    dtype = compute_dtype(mode)
     build_on = torch.device("cpu") if mode in GPU_MODES else dev
-    with default_dtype(dtype), build_on:
-        model = VLA(VLAConfig.from_dict(meta["vla_config"]))
-    with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
-        _copy_weights(model, _local_weights(url, tmp), url)
-    model = model.to(dtype).eval().requires_grad_(False)
+    loaded = load_pretrained_vla(url, dtype=compute_dtype(mode), device=build_on)
+    model = loaded.model.eval().requires_grad_(False)
     if mode in GPU_MODES:
         quantize_llm_linears_(model, mode, dev)
         model = model.to(dev)
-    return model, mode
+    loaded.model = model
+    return loaded, mode
+
+
+def load_vla(url: str, *, quantization: str = "auto", device: str | torch.device = "auto") -> tuple[VLA, str]:
+    """The checkpoint's model in inference form: ``(model, mode)`` (see :func:`_load`)."""
+    loaded, mode = _load(url, quantization, device)
+    return loaded.model, mode
 
 
 @dataclass
@@ -169,27 +129,21 @@ class VLAPolicy:
     @classmethod
     def from_pretrained(cls, url: str, *, quantization: str = "auto", device: str | torch.device = "auto",
                         decode: DecodeOptions | None = None, center_crop: bool | None = None) -> VLAPolicy:
-        """Load an export dir (local or gs://): model + tokenizer + ``dataset_statistics.json``.
+        """Load a ``vla export`` folder or an OpenVLA checkpoint (local, gs:// or hub id): model,
+        tokenizer, dataset statistics (``dataset_statistics.json`` / OpenVLA's ``norm_stats``) and the
+        image preprocessing it was trained with.
 
         ``quantization``: "fp32" | "bf16" | "int8" | "int4" | "auto" (bf16 on a GPU, fp32 on CPU);
         int8/int4 need a CUDA GPU and bitsandbytes (UserError otherwise). ``device``: "auto" | "cpu"
         | "cuda[:N]". ``decode``: :class:`DecodeOptions` (default: static cache, CUDA graphs on a
         GPU). ``center_crop``: None = as trained (``train_config.yaml``), True/False to override."""
-        model, mode = load_vla(url, quantization=quantization, device=device)
-        return cls.for_export(model, url, quantization=mode, decode=decode, center_crop=center_crop)
-
-    @classmethod
-    def for_export(cls, model: VLA, url: str, *, quantization: str, decode: DecodeOptions | None = None,
-                   center_crop: bool | None = None) -> VLAPolicy:
-        """A policy around ``model`` (already loaded from export ``url``): the export's tokenizer,
-        statistics and image preprocessing."""
-        tok = load_text_tokenizer(url)
+        loaded, mode = _load(url, quantization, device)
+        model, tok = loaded.model, loaded.text_tokenizer
         at = ActionTokenizer(base_vocab_size=int(tok.vocab_size))
-        stats_url = fs.join(url, STATS_FILE)
-        stats = fs.read_json(stats_url) if fs.exists(stats_url) else {}
         dev = next(model.llm.get_input_embeddings().parameters()).device
-        pre = ImagePreprocess.from_export(url, model.config, center_crop=center_crop)
-        return cls(model, tok, at, ActionPromptBuilder(tok, at), stats, quantization, url, dev, pre,
+        pre = ImagePreprocess.from_train_config(loaded.train_config, model.config, center_crop=center_crop,
+                                                where=url)
+        return cls(model, tok, at, ActionPromptBuilder(tok, at), loaded.norm_stats, mode, url, dev, pre,
                    decode or DecodeOptions())
 
     @property

@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.model.init_weights import InitConfig
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -73,6 +75,7 @@ class VLAConfig:
         attn_implementation: "sdpa" or "eager" (LLM and nothing else).
         vision_trainable: train the vision encoders (OpenVLA: True).
         initializer_range: std of the LLM's random init (ViTs: timm init; projector: torch default).
+        init: pretrained starting weights (``model.init.*``, :mod:`pipeline.model.init_weights`).
     """
 
     preset: str = field(default="tiny", metadata={"help": "tiny | small | 7b (fields left None take the preset's value)"})
@@ -92,6 +95,7 @@ class VLAConfig:
     attn_implementation: str = field(default="sdpa", metadata={"help": "LLM attention: sdpa | eager"})
     vision_trainable: bool = field(default=True, metadata={"help": "train the vision encoders"})
     initializer_range: float = field(default=0.02, metadata={"help": "std of the LLM random init"})
+    init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -153,6 +157,8 @@ class VLAConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"VLAConfig: unknown keys {unknown}; known: {sorted(names)}")
+        if isinstance(d.get("init"), dict):
+            d = dict(d, init=InitConfig(**d["init"]))
         return cls(**d)
 
 

@@ -11,9 +11,6 @@ runs only at positions whose shifted label != -100 ("fast path": same loss, far 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from typing import Any, NamedTuple
 
 import torch
@@ -21,16 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline import fs
-from pipeline.errors import UserError
 from pipeline.model.presets import VisionSpec, VLAConfig
 from pipeline.model.prompt import IGNORE_INDEX
 from pipeline.model.tokenizer import ActionTokenizer
 
-__all__ = ["VLA", "VLAOutput", "VisionEncoder", "action_metrics", "build_vla", "load_pretrained"]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["VLA", "VLAOutput", "VisionEncoder", "action_metrics", "build_vla"]
 
 
 class VLAOutput(NamedTuple):
@@ -274,62 +266,26 @@ class VLA(nn.Module):
     # -- export ------------------------------------------------------------------------------------
     def save_pretrained(self, out_url: str, *, tokenizer: Any = None,
                         state_dict: dict[str, torch.Tensor] | None = None,
-                        extra_json: dict[str, Any] | None = None) -> None:
-        """Consolidated export to a local or gs:// dir: ``config.json`` ({"format_version",
-        "vla_config"}), ``model.safetensors`` (``state_dict`` if given, e.g. an FSDP-gathered full
-        state dict on rank 0; else this module's), the tokenizer's files if given, and one JSON
-        file per ``extra_json`` entry (e.g. {"dataset_statistics.json": stats})."""
-        from safetensors.torch import save_file
+                        extra_json: dict[str, Any] | None = None, dtype: str | None = None) -> None:
+        """Export to a local or gs:// dir in the ``vla`` layout (:mod:`pipeline.model.export_format`):
+        weights (``state_dict`` if given, e.g. an FSDP-gathered full state dict on rank 0; else this
+        module's) in ``dtype`` (bfloat16 | float32 | None: as stored), the tokenizer's files if given,
+        one JSON file per ``extra_json`` entry (``dataset_statistics.json`` also feeds the model card)."""
+        from pipeline.model.export_format import save_model_dir
 
-        sd = state_dict if state_dict is not None else self.state_dict()
-        sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-        with tempfile.TemporaryDirectory(prefix="vla-save-") as tmp:
-            save_file(sd, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-            del sd
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            _upload_dir(tmp, out_url)
-        for name, obj in (extra_json or {}).items():
+        extra = dict(extra_json or {})
+        stats = extra.pop("dataset_statistics.json", None)
+        for name, obj in extra.items():
             fs.write_json(fs.join(out_url, name), obj)
-        # config last: its presence marks a complete export
-        fs.write_json(fs.join(out_url, CONFIG_FILE),
-                      {"format_version": FORMAT_VERSION, "vla_config": self.config.to_dict()})
+        save_model_dir(self, out_url, tokenizer=tokenizer, norm_stats=stats, dtype=dtype, state=state_dict)
 
     @classmethod
     def from_pretrained(cls, url: str, *, device: str | torch.device = "cpu") -> VLA:
-        """Load a ``save_pretrained`` export (local or gs://; gs:// is copied to a temp dir first).
-        The model is built directly on ``device`` and the weights are memory-mapped."""
-        from safetensors.torch import load_file
+        """Load a ``vla export`` folder or an OpenVLA checkpoint (local, gs:// or hub id) in float32
+        on ``device`` (:func:`pipeline.model.pretrained.load_pretrained_vla`)."""
+        from pipeline.model.pretrained import load_pretrained_vla
 
-        cfg_url = fs.join(url, CONFIG_FILE)
-        if not fs.exists(cfg_url):
-            raise UserError(f"{url}: no {CONFIG_FILE}; expected a VLA.save_pretrained export")
-        meta = fs.read_json(cfg_url)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{cfg_url}: format_version={meta.get('format_version')}, "
-                            f"this code reads {FORMAT_VERSION}")
-        with torch.device(device):
-            model = cls(VLAConfig.from_dict(meta["vla_config"]))
-        with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
-            weights = fs.join(url, WEIGHTS_FILE)
-            if fs.is_remote(url):
-                fsys, path = fs.get_fs(weights)
-                fsys.get_file(path, os.path.join(tmp, WEIGHTS_FILE))
-                weights = os.path.join(tmp, WEIGHTS_FILE)
-            model.load_state_dict(load_file(weights, device=str(device)), strict=True)
-        return model
-
-
-def _upload_dir(local_dir: str, out_url: str) -> None:
-    """Copy the files of ``local_dir`` into ``out_url`` (local or remote), streaming."""
-    fsys, base = fs.get_fs(out_url)
-    fs.makedirs(out_url)
-    for name in sorted(os.listdir(local_dir)):
-        src = os.path.join(local_dir, name)
-        if fs.is_remote(out_url):
-            fsys.put_file(src, f"{base.rstrip('/')}/{name}")
-        else:
-            shutil.copyfile(src, os.path.join(base, name))
+        return load_pretrained_vla(url, device=device).model
 
 
 def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None,
@@ -349,61 +305,3 @@ def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: in
         return VLA(cfg)
     with torch.device(device):
         return VLA(cfg)
-
-
-def _copy_to_local(url: str, tmp: str) -> str:
-    if not fs.is_remote(url):
-        return url
-    from pipeline.model.text_tokenizer import copy_dir_to_local
-
-    return copy_dir_to_local(url, tmp)
-
-
-def load_pretrained(model: VLA, url: str) -> dict[str, bool]:
-    """Load pretrained parts from a local or gs:// dir into ``model`` (in place):
-
-    - ``<url>/llm/``: an HF Llama checkpoint (``LlamaForCausalLM.from_pretrained``); its embedding
-      rows are resized to the model's padded vocab (new rows: HF's mean init), shapes must match.
-    - ``<url>/vision.safetensors``: keys of ``model.vision.state_dict()``.
-    - ``<url>/projector.safetensors``: keys of ``model.projector.state_dict()``.
-    Missing parts keep their random init. Returns {"llm": bool, "vision": bool, "projector": bool}.
-    """
-    from safetensors.torch import load
-
-    loaded = {"llm": False, "vision": False, "projector": False}
-    for part, module in (("vision", model.vision), ("projector", model.projector)):
-        part_url = fs.join(url, f"{part}.safetensors")
-        if fs.exists(part_url):
-            sd = load(fs.read_bytes(part_url))
-            try:
-                module.load_state_dict(sd, strict=True)
-            except RuntimeError as e:
-                raise UserError(f"{part_url}: does not match model.{part} ({str(e).splitlines()[0]})") from e
-            loaded[part] = True
-    llm_url = fs.join(url, "llm")
-    if fs.exists(fs.join(llm_url, "config.json")):
-        _load_llm(model, llm_url)
-        loaded["llm"] = True
-    return loaded
-
-
-def _load_llm(model: VLA, llm_url: str) -> None:
-    from transformers import LlamaForCausalLM
-
-    tmp = tempfile.mkdtemp(prefix="vla-llm-")
-    try:
-        local = _copy_to_local(llm_url, tmp)
-        src = LlamaForCausalLM.from_pretrained(local, local_files_only=True, dtype=torch.float32)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    ours, theirs = model.llm.config, src.config
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads"):
-        if getattr(ours, key) != getattr(theirs, key):
-            raise UserError(f"{llm_url}: LLM {key}={getattr(theirs, key)} but model.{key}="
-                            f"{getattr(ours, key)}; pick the matching model.preset")
-    if src.config.vocab_size != model.vocab_size:
-        src.resize_token_embeddings(model.vocab_size, mean_resizing=True)
-    model.llm.load_state_dict(src.state_dict(), strict=True)
-
-

@@ -131,6 +131,13 @@ class TrainConfig:
             raise UserError(f"global_batch={self.global_batch}: must be >= 0 (0: per_device_batch * world)")
         if self.resume not in ("auto", "none") and not self.resume:
             raise UserError("resume='': expected auto, none or a checkpoint URL")
+        self._check_weights_sources()
+
+    def _check_weights_sources(self) -> None:
+        """The model's tokenizer must fit its size (``vla finetune`` takes both from its base)."""
+        from pipeline.model.init_weights import check_tokenizer_choice
+
+        check_tokenizer_choice(self.model, self.data.tokenizer)
 
     @property
     def checkpoint_root(self) -> str:

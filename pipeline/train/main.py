@@ -24,7 +24,8 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
-__all__ = ["train", "run_train", "main", "rank_main", "shard_model", "validate", "under_torchrun", "TrainHooks"]
+__all__ = ["train", "run_train", "main", "rank_main", "resolve_model_init", "shard_model", "validate", "under_torchrun",
+           "TrainHooks"]
 
 if TYPE_CHECKING:
     from pipeline.data.mixture.files import Mixture
@@ -49,8 +50,9 @@ def validate(cfg: TrainConfig, world_size: int) -> tuple[int, Mixture | None]:
     """Check user input before anything is written; returns the grad-accumulation steps and the data
     mixture, parsed once for the stream (None for synthetic data)."""
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
+    weights = [(f"model.init.{k}", v) for k, v in cfg.model.init.sources.items()]
     for key, url in (("run_dir", cfg.run_dir), ("checkpoint.dir", cfg.checkpoint_root), ("data.data_root",
-                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume)):
+                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume), *weights):
         _check_location(key, url)
     mixture = _check_data(cfg) if cfg.data.source == "stream" else None
     ParallelDims(world_size=world_size, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size)  # checks only
@@ -219,15 +221,47 @@ def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
     return out
 
 
-def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
-    """The VLA, initialized from the run seed identically on every rank, then AC + FSDP2."""
+def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> tuple[Any, Any]:
+    """The VLA, initialized from the run seed identically on every rank, then the pretrained weights
+    of ``model.init.*`` (skipped when the run resumes from a checkpoint), then AC + FSDP2.
+    Returns ``(model, LoadReport or None)``."""
     import torch
 
     from pipeline.model import build_vla
+    from pipeline.model.init_weights import apply_init
 
     torch.manual_seed(cfg.seed)
     model = build_vla(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, device=device)
-    return shard_model(model, cfg, device, mesh)
+    report = None
+    if cfg.model.init.sources:
+        if _will_resume(cfg):
+            from pipeline.model.pretrained import LoadReport
+
+            report = LoadReport(sources=cfg.model.init.sources, skipped="the run resumes from a checkpoint")
+        else:
+            report = apply_init(model, cfg.model.init, tokenizer=tokenizer)
+        log.info("model.init: %s", report.line())
+    return shard_model(model, cfg, device, mesh), report
+
+
+def _will_resume(cfg: TrainConfig) -> bool:
+    from pipeline.train.checkpoint import find_latest
+
+    if cfg.resume == "none":
+        return False
+    return cfg.resume != "auto" or find_latest(cfg.checkpoint_root) is not None
+
+
+def resolve_model_init(cfg: TrainConfig) -> TrainConfig:
+    """``model.init.vla``: the run's model config (and, unless given, tokenizer) from that checkpoint."""
+    import dataclasses
+
+    from pipeline.model.init_weights import resolve_vla_init
+
+    if not cfg.model.init.vla:
+        return cfg
+    model_cfg, tokenizer = resolve_vla_init(cfg.model, cfg.data.tokenizer)
+    return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
 
 
 def shard_model(model: Any, cfg: TrainConfig, device: Any, mesh: Any) -> Any:
@@ -270,19 +304,23 @@ def _resume_url(cfg: TrainConfig, rank: int) -> str | None:
 class TrainHooks:
     """The steps of ``train`` that a variant replaces (LoRA fine-tuning: pipeline.train.finetune)."""
 
+    def __init__(self) -> None:
+        self.init_report: Any = None
+
     def tokenizer(self, cfg: TrainConfig) -> Any:
         return build_tokenizer(cfg)
 
     def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
-        return build_model(cfg, tokenizer, device, mesh)
+        model, self.init_report = build_model(cfg, tokenizer, device, mesh)
+        return model
 
     def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
         """Extra files saved with every checkpoint."""
         return {}
 
     def summary(self, model: Any) -> dict:
-        """Extra keys of the run summary."""
-        return {}
+        """Extra keys of the run summary (``init``: what ``model.init.*`` loaded)."""
+        return {"init": self.init_report.to_dict()} if self.init_report is not None else {}
 
 
 def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
@@ -294,6 +332,7 @@ def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
 
     device = resolve_device(cfg.device)
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = resolve_model_init(cfg)
     accum, mixture = validate(cfg, world)  # before the process group exists and before any write
     created = init_distributed(device)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
@@ -379,7 +418,7 @@ def run_train(cfg: TrainConfig) -> int:
         summary = train(cfg)
         print(json.dumps(summary))
         return 0
-    validate(cfg, cfg.nproc)
+    validate(resolve_model_init(cfg), cfg.nproc)
     return launch_torchrun(cfg)
 
 
