@@ -34,8 +34,6 @@ import time
 
 import numpy as np
 
-from pipeline import fs
-
 __all__ = ["main"]
 
 # ------------------------------------------------------------------------------------ measurements
@@ -75,7 +73,7 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
     stream = TrainingStream(cfg, rank=0, world_size=1, prompt_builder=builder, mixture=mixture)
     for _ in range(args.warmup):
         next(stream)
-    pids = [os.getpid()] + ([p.pid for p in stream._pool._pool] if stream._pool is not None else [])
+    pids = [os.getpid(), *stream.worker_pids()]
     cpu0, t0 = sum(_proc_cpu(p) for p in pids), time.perf_counter()
     metas = [next(stream)["meta"] for _ in range(args.batches)]
     wall, cpu = time.perf_counter() - t0, sum(_proc_cpu(p) for p in pids) - cpu0
@@ -92,6 +90,8 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
 
 def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
     import tensorflow as tf
+
+    from pipeline.data.manifest import CuratedDataset
 
     base_mb = _proc_status_mb(os.getpid(), "VmRSS")  # tensorflow imported
     res = 224
@@ -126,8 +126,9 @@ def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
 
     per_ds, sizes = [], []
     for name in datasets:
-        manifest = fs.read_json(fs.join(args.data, name, "1.0.0", "manifest.json"))
-        files = [fs.join(args.data, name, "1.0.0", s["file"]) for s in manifest["shards"]]
+        dataset = CuratedDataset(args.data, name)
+        manifest = dataset.manifest()
+        files = [url for url, _ in dataset.shards()]
         sizes.append(manifest["total_frames"])
         ds = tf.data.TFRecordDataset(files).repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         per_ds.append(ds.flat_map(tf.data.Dataset.from_tensor_slices))

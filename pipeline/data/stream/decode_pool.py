@@ -135,6 +135,10 @@ class DecodePool:
         self._ring_tasks: dict[int, tuple[Any, int]] = {}  # slot -> (unconsumed task, generation)
         self._generation = 0
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the decode workers (none before the first batch, or with ``workers=0``)."""
+        return [p.pid for p in self._pool._pool] if self._pool is not None else []
+
     def restart(self) -> None:
         """Batches submitted so far will not be consumed: their slots may be reused (once their tasks end)."""
         self._generation += 1

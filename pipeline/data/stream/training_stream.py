@@ -310,6 +310,10 @@ class TrainingStream:
             batch[key] = torch.from_numpy(np.ascontiguousarray(pixels[:, c]))
         return batch, epoch, next_position
 
+    def worker_pids(self) -> list[int]:
+        """Process ids of the decode workers (for CPU and memory accounting, e.g. bench-stream)."""
+        return self._decoder.worker_pids()
+
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "seed": self.cfg.seed, "world_size": self.world_size, "rank": self.rank,
