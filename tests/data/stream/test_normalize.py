@@ -71,3 +71,23 @@ def test_bin_edges_follow_openvla_float32_order(q01, q99, at_q99, token):
     assert ids[:, 0].tolist() == [token, 31999, 31744, 31999]
     # OpenVLA's tokenizer: vocab_size - np.digitize(clip(x, -1, 1), np.linspace(-1, 1, 256))
     assert ids[:, 0].tolist() == (32000 - np.digitize(np.clip(y[:, 0], -1, 1), np.linspace(-1, 1, 256))).tolist()
+
+
+def test_bit_identical_to_openvla_tf_data_graph():
+    """OpenVLA's BOUNDS_Q99 map (statistics as float64 numpy arrays, frames float32), run the way its
+    loader runs it: inside a tf.data map. (A plain tf.function differs: Grappler turns the division by
+    the constant denominator into a multiplication by its reciprocal; tf.data map functions keep it.)"""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    mask = np.array([True] * 6 + [False])
+    for _ in range(20):
+        low, high = np.full(7, -rng.uniform(0.001, 2)), np.full(7, rng.uniform(0.001, 2))
+        x = np.concatenate([rng.uniform(low * 1.2, high * 1.2, (40, 7)), [high, low]]).astype(np.float32)
+
+        def openvla(t, low=low, high=high):
+            return tf.where(mask, tf.clip_by_value(2 * (t - low) / (high - low + 1e-8) - 1, -1, 1), t)
+
+        theirs = next(iter(tf.data.Dataset.from_tensors(x).map(openvla, num_parallel_calls=2))).numpy()
+        ours = normalize_bounds_q99(x, NormStats(q01=low, q99=high, min=low - 1, max=high + 1, mask=mask))
+        np.testing.assert_array_equal(ours, theirs)
