@@ -22,7 +22,7 @@ DEMO_DATASETS = "[bridge_orig,fractal20220817_data,taco_play]"
 TRAIN_ARGS = [
     "nproc=2", "per_device_batch=8", "global_batch=16", "optim.lr=1e-3", "optim.schedule=warmup_cosine",
     "optim.warmup_steps=50", "optim.decay_steps=1500", "optim.min_lr_ratio=0.01", "stop.max_steps=1500",
-    "checkpoint.save_every=50", "checkpoint.keep_last=0",
+    "checkpoint.save_every=50", "checkpoint.keep_last=0", "eval.every_steps=25",
 ]
 RESUME_STEPS = 10
 
@@ -51,16 +51,18 @@ def _last_json(proc: subprocess.CompletedProcess) -> dict:
 
 def stream_demo(curated: str, batches: int = 300) -> dict:
     """Iterate `batches` batches of the curated demo mixture; report throughput and diversity."""
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import load_mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.config import TrainConfig
     from pipeline.train.main import build_tokenizer
 
     tokenizer = build_tokenizer(TrainConfig())
-    cfg = StreamConfig(data_root=curated, mixture="demo", batch_size=16, resolution=112, num_workers=0)
+    cfg = StreamConfig(data_root=curated, batch_size=16, resolution=112, num_workers=0)
     start = time.perf_counter()
     distinct = []
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=ActionPromptBuilder(tokenizer)) as stream:
+    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=ActionPromptBuilder(tokenizer),
+                        mixture=load_mixture("demo")) as stream:
         for _ in range(batches):
             batch = next(stream)
             distinct.append(len({(m[0], m[1]) for m in batch["meta"]}))
@@ -112,7 +114,7 @@ def main() -> int:
     _banner("2/7 read back through the registry + standardization")
     vla("inspect", f"data={all_raw}", "datasets=all")
     _banner("3/7 Ray curation of the demo mixture (fixtures with more episodes for training)")
-    vla("fixture", f"out={raw}", f"datasets={DEMO_DATASETS}", "episodes=8", "image_size=64", "seed=0")
+    vla("fixture", f"out={raw}", f"datasets={DEMO_DATASETS}", "episodes=24", "image_size=64", "seed=0")
     vla("curate", "mixture=demo", f"source={raw}", f"out={curated}")
     vla("mixture", "show", "demo", f"curated={curated}", "steps=1500", "global_batch=16")
     _banner("4/7 training stream: a few hundred batches")
@@ -125,6 +127,7 @@ def main() -> int:
     vla("plot", f"run_dir={run_dir}")
     result = {
         "final_action_accuracy": summary.get("final_action_accuracy"),
+        "last_validation": summary.get("last_validation"),
         "steps": summary.get("steps"),
         "stop_reason": summary.get("stop_reason"),
         "run_dir": run_dir,

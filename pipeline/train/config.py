@@ -1,7 +1,7 @@
 """``TrainConfig``: the typed config tree of ``vla train`` (omegaconf structured dataclasses).
 
 Sections: ``model`` (VLAConfig), ``data``, ``optim``, ``fsdp``, ``checkpoint``, ``stop``,
-``metrics``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``, ``nproc``, batch sizes.
+``metrics``, ``eval``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``, ``nproc``, batch sizes.
 Every value is checked in ``__post_init__`` (one line naming the key and the fix).
 """
 
@@ -11,10 +11,11 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from pipeline.config import helpfield
-from pipeline.data.stream import StreamConfig
+from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
+from pipeline.train.evaluate import EvalConfig
 from pipeline.train.metrics import MetricsConfig
 from pipeline.train.optim import OptimConfig
 from pipeline.train.parallel import FSDPConfig
@@ -26,6 +27,7 @@ __all__ = [
     "StopConfig",
     "DebugConfig",
     "CheckpointConfig",
+    "EvalConfig",
     "MetricsConfig",
     "OptimConfig",
     "grad_accum_steps",
@@ -34,7 +36,7 @@ __all__ = [
 
 @dataclass(kw_only=True)
 class DataConfig(StreamConfig):
-    """The training stream's config (``pipeline.data.stream.StreamConfig``) plus the data source and
+    """The training stream's config (``pipeline.data.stream.training_stream.StreamConfig``) plus the data source and
     tokenizer. ``batch_size``, ``seed`` and ``resolution`` come from the run (per_device_batch,
     seed, model.image_size) unless set here."""
 
@@ -120,6 +122,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def __post_init__(self) -> None:

@@ -1,5 +1,6 @@
 """The training loop: a list of calls. One step = ``accum`` micro-batches of forward + backward,
-grad clip, AdamW update, LR schedule, metrics (all-reduced), stop rule, checkpoint.
+grad clip, AdamW update, LR schedule, metrics (all-reduced), validation (every ``eval.every_steps``),
+stop rule, checkpoint.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class Loop:
     run_dir: str = "."
     signals: Any = None  # SignalWatch: SIGTERM -> checkpoint and stop after the current step
     sample_log: Any = None  # metrics.SampleLog (debug.sample_log): per-step (epoch, dataset, episode, frame)
+    evaluator: Any = None  # evaluate.Evaluator: validation metrics every eval.every_steps
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -241,8 +243,12 @@ def run_loop(loop: Loop) -> dict:
     reason = stop_reason(loop.state.stop_avg, step=loop.state.step, epoch=loop.state.epoch,
                          accuracy=loop.stop_accuracy, max_steps=loop.max_steps, max_epochs=loop.max_epochs)
     record: dict = {}
+    validation: dict = {}
     while reason is None:
         record = train_step(loop)
+        if loop.evaluator is not None and loop.evaluator.due(loop.state.step):
+            validation = {"step": loop.state.step, **loop.evaluator.run(loop.model)}
+            record.update(validation)
         loop.logger.log(loop.state.step, record)
         if loop.sample_log is not None:
             loop.sample_log.write(loop.state.step)  # before the checkpoint of this step
@@ -259,5 +265,6 @@ def run_loop(loop: Loop) -> dict:
         "final_action_accuracy": record.get("action_accuracy"),
         "final_action_accuracy_avg": loop.state.stop_avg.value,
         "final_loss": record.get("loss"),
+        "last_validation": {k: validation[k] for k in ("step", "eval_loss", "eval_action_accuracy") if k in validation},
         "last_checkpoint": loop.checkpointer.last_saved,
     }
