@@ -110,8 +110,8 @@ def ray_head():
     (its clean shutdown), never with `ray stop` (that would stop every Ray on the machine)."""
     tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths are length-limited
     port = _free_port()
-    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    cmd = [ray_bin, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
+    ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]  # `ray`
+    cmd = [*ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
            "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
            f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}", "--block"]
     with open(os.path.join(tmp, "head.log"), "w") as log:
@@ -144,7 +144,7 @@ def test_curate_through_ray_address_of_a_local_head(ray_head, fixture_data, tmp_
                 _env(RAY_ADDRESS=ray_head), timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "Connecting to existing Ray cluster" in proc.stderr  # the head, not a local Ray of its own
-    from pipeline.data.manifest import curated_dir, read_manifest
+    from pipeline.data.manifest import CuratedDataset
 
-    manifest = read_manifest(curated_dir(str(out), "bridge_orig"))
+    manifest = CuratedDataset(str(out), "bridge_orig").read_manifest()
     assert manifest is not None and manifest["total_frames"] > 0 and manifest["shards"]
