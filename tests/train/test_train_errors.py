@@ -115,3 +115,21 @@ def test_export_errors(tmp_path, capsys):
 def test_plot_without_metrics(tmp_path, capsys):
     code, err = _run(capsys, ["plot", f"run_dir={tmp_path}"])
     _assert_one_line_error(code, err, "no metrics.jsonl")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["data.buffer_bytes=10", "data.prefetch_batches=0"], "data.buffer_bytes=10: must be >= 1 MiB"),
+    (["data.prefetch_batches=0"], "data.prefetch_batches=0: must be >= 1"),
+    (["data.io_threads=0"], "data.io_threads=0: must be >= 1"),
+])
+def test_stream_values_checked_at_parse_time(tmp_path, capsys, args, fragment):
+    """The stream's own checks run when the config is parsed, before anything is built or written."""
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.train.config import TrainConfig
+
+    with pytest.raises(UserError, match=fragment):
+        load_config(TrainConfig, args)
+    code, err = _run(capsys, ["train", *SYN, f"run_dir={tmp_path / 'run'}", *args])
+    _assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()
