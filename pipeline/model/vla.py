@@ -275,7 +275,7 @@ class VLA(nn.Module):
             del sd
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp)
-            _upload_dir(tmp, out_url)
+            fs.copy_dir(tmp, out_url)
         for name, obj in (extra_json or {}).items():
             fs.write_json(fs.join(out_url, name), obj)
         # config last: its presence marks a complete export
@@ -300,23 +300,10 @@ class VLA(nn.Module):
         with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
             weights = fs.join(url, WEIGHTS_FILE)
             if fs.is_remote(url):
-                fsys, path = fs.get_fs(weights)
-                fsys.get_file(path, os.path.join(tmp, WEIGHTS_FILE))
+                fs.copy_file(weights, os.path.join(tmp, WEIGHTS_FILE))
                 weights = os.path.join(tmp, WEIGHTS_FILE)
             model.load_state_dict(load_file(weights, device=str(device)), strict=True)
         return model
-
-
-def _upload_dir(local_dir: str, out_url: str) -> None:
-    """Copy the files of ``local_dir`` into ``out_url`` (local or remote), streaming."""
-    fsys, base = fs.get_fs(out_url)
-    fs.makedirs(out_url)
-    for name in sorted(os.listdir(local_dir)):
-        src = os.path.join(local_dir, name)
-        if fs.is_remote(out_url):
-            fsys.put_file(src, f"{base.rstrip('/')}/{name}")
-        else:
-            shutil.copyfile(src, os.path.join(base, name))
 
 
 def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None,
@@ -336,14 +323,6 @@ def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: in
         return VLA(cfg)
     with torch.device(device):
         return VLA(cfg)
-
-
-def _copy_to_local(url: str, tmp: str) -> str:
-    if not fs.is_remote(url):
-        return url
-    from pipeline.model.text_tokenizer import copy_dir_to_local
-
-    return copy_dir_to_local(url, tmp)
 
 
 def load_pretrained(model: VLA, url: str) -> dict[str, bool]:
@@ -379,7 +358,10 @@ def _load_llm(model: VLA, llm_url: str) -> None:
 
     tmp = tempfile.mkdtemp(prefix="vla-llm-")
     try:
-        local = _copy_to_local(llm_url, tmp)
+        local = llm_url
+        if fs.is_remote(llm_url):
+            fs.copy_dir(llm_url, tmp)
+            local = tmp
         src = LlamaForCausalLM.from_pretrained(local, local_files_only=True, dtype=torch.float32)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
