@@ -37,7 +37,7 @@ lint: install
 	$(BIN)/ruff check pipeline launch tests
 
 faults: install
-	$(BIN)/python -m pipeline.faults $(FAULTS_ARGS)
+	$(BIN)/python -m tests.faults.suite $(FAULTS_ARGS)
 
 bench-curate: install
 	$(BIN)/python -m pipeline.bench.curate

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.config import MISSING, helpfield
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = ["ActServer", "BadRequest", "ServeConfig", "decode_image", "make_server", "parse_act_request", "run_serve"]
 
@@ -46,9 +46,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
-            raise ValueError(f"port={self.port}: expected 0..65535")
+            raise ConfigError("port", self.port, "expected 0..65535")
         if float(self.max_body_mb) <= 0:
-            raise ValueError(f"max_body_mb={self.max_body_mb}: must be > 0")
+            raise ConfigError("max_body_mb", self.max_body_mb, "must be > 0")
 
 
 class BadRequest(Exception):

@@ -62,7 +62,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from pipeline import fs
-from pipeline.config import MISSING, helpfield
+from pipeline.config import helpfield
 from pipeline.data.frames import decode_batch, read_ring_slot
 from pipeline.data.normalize import DatasetNorm, load_dataset_norm, normalize_bounds_q99
 from pipeline.data.sampling import (
@@ -73,7 +73,7 @@ from pipeline.data.sampling import (
     largest_remainder,
 )
 from pipeline.data.schema import CAMERA_SLOTS
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = ["StreamConfig", "Episode", "EpisodeSource", "CuratedSource", "TrainingStream", "STATE_VERSION"]
 
@@ -84,11 +84,9 @@ STATE_VERSION = 1
 
 @dataclass(kw_only=True)
 class StreamConfig:
-    data_root: str = helpfield(MISSING, "curated output root (local dir or gs://), holds <dataset>/1.0.0/")
-    mixture: str = helpfield(MISSING, "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
-    batch_size: int = helpfield(32, "samples per rank per step (global batch = world_size * batch_size)")
-    seed: int = helpfield(0, "seed of the epoch plans and of the augmentation draws")
-    resolution: int = helpfield(224, "model image size (square), Lanczos resize")
+    """How the stream reads and decodes (what to read and the run's batch size, seed and image size
+    are arguments of :class:`TrainingStream`). Checked here: a bad value is a ConfigError."""
+
     cameras: list[str] = helpfield(["primary"], "camera slots fed to the model; first = pixel_values")
     augment: bool = helpfield(False, "train-time image augmentation (crop 0.9, color jitter)")
     buffer_bytes: int = helpfield(512 * 2**20, "episode cache budget per rank in bytes (encoded images)")
@@ -99,17 +97,16 @@ class StreamConfig:
     index_cache_dir: str = helpfield("", "local cache of per-shard record indexes ('' = ~/.cache/vla-pipeline)")
 
     def __post_init__(self) -> None:
-        checks = [("batch_size", self.batch_size >= 1, ">= 1"), ("resolution", self.resolution >= 8, ">= 8"),
-                  ("buffer_bytes", self.buffer_bytes >= 2**20, ">= 1 MiB"),
+        checks = [("buffer_bytes", self.buffer_bytes >= 2**20, ">= 1 MiB"),
                   ("num_workers", self.num_workers >= 0, ">= 0"),
                   ("prefetch_batches", self.prefetch_batches >= 1, ">= 1"),
                   ("io_threads", self.io_threads >= 1, ">= 1")]
         for key, ok, need in checks:
             if not ok:
-                raise ValueError(f"stream.{key}={getattr(self, key)}: must be {need}")
+                raise ConfigError(key, getattr(self, key), f"must be {need}")
         bad = [c for c in self.cameras if c not in CAMERA_SLOTS]
         if bad or not self.cameras:
-            raise ValueError(f"stream.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
+            raise ConfigError("cameras", self.cameras, f"pick one or more of {list(CAMERA_SLOTS)}")
 
 
 @dataclass(slots=True)
@@ -361,30 +358,38 @@ class TrainingStream:
 
     Args:
         cfg: :class:`StreamConfig`.
+        data_root: curated output root (local dir or gs://), holds ``<dataset>/1.0.0/``.
+        mixture: a ``Mixture``, or a mixture name / YAML path (``load_mixture``).
+        batch_size: samples per rank per step (global batch = world_size * batch_size).
+        seed: seed of the epoch plans and of the augmentation draws.
+        resolution: model image size (square), Lanczos resize.
         rank, world_size: this process's data-parallel rank and the number of ranks.
         prompt_builder: callable sample -> sample adding ``input_ids``/``labels`` (e.g.
             ``pipeline.model.prompt.ActionPromptBuilder``); reads ``language_instruction`` and the
             normalized ``action``.
         pad_id: padding id for ``input_ids`` (default: the builder's ``text_tokenizer.pad_token_id``).
-        mixture: a ``Mixture`` (default: ``load_mixture(cfg.mixture)``).
         sources: one :class:`EpisodeSource` per mixture dataset (default: :class:`CuratedSource`).
     """
 
-    def __init__(self, cfg: StreamConfig, *, rank: int, world_size: int, prompt_builder: Callable[[dict], dict],
-                 pad_id: int | None = None, mixture: Any = None,
-                 sources: Sequence[EpisodeSource] | None = None) -> None:
+    def __init__(self, cfg: StreamConfig, *, data_root: str, mixture: Any, batch_size: int, seed: int,
+                 resolution: int, rank: int, world_size: int, prompt_builder: Callable[[dict], dict],
+                 pad_id: int | None = None, sources: Sequence[EpisodeSource] | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+        for key, value in (("batch_size", batch_size), ("resolution", resolution)):
+            if value < (1 if key == "batch_size" else 8):
+                raise ValueError(f"{key}={value}: must be >= {1 if key == 'batch_size' else 8}")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.batch_size, self.seed, self.resolution = batch_size, seed, resolution
         self._builder = prompt_builder
         self._pad_id = pad_id if pad_id is not None else int(prompt_builder.text_tokenizer.pad_token_id)
-        if mixture is None:
+        if isinstance(mixture, str):
             from pipeline.data.mixtures import load_mixture
 
-            mixture = load_mixture(cfg.mixture)
+            mixture = load_mixture(mixture)
         names = [n for n, w in mixture.datasets.items() if w > 0]
         if sources is None:
-            sources = [CuratedSource(cfg.data_root, n, split=cfg.split, index_cache_dir=cfg.index_cache_dir)
+            sources = [CuratedSource(data_root, n, split=cfg.split, index_cache_dir=cfg.index_cache_dir)
                        for n in names]
         self._sources = list(sources)
         self.dataset_names = [s.name for s in self._sources]
@@ -398,7 +403,7 @@ class TrainingStream:
         self.plan_hash = _hash({"mixture": self.mixture_hash, "windows": self.windows, "counts": self.counts.tolist()})
         if self.epoch_length() < self.global_batch:
             raise UserError(f"mixture {mixture.name}: an epoch has {self.epoch_length()} frames, fewer than one "
-                            f"global batch ({world_size} x stream.batch_size={cfg.batch_size}); lower batch_size")
+                            f"global batch ({world_size} x batch_size={batch_size}); lower batch_size")
         self.epoch, self.position = 0, 0
         self.stats = {"corrupt_episodes": 0, "replaced_samples": 0, "bad_images": 0, "dropped_tail_samples": 0,
                       "peak_cache_bytes": 0,
@@ -424,14 +429,14 @@ class TrainingStream:
 
     @property
     def global_batch(self) -> int:
-        return self.world_size * self.cfg.batch_size
+        return self.world_size * self.batch_size
 
     def epoch_length(self) -> int:
         return int(self.counts.sum())
 
     def plan(self, epoch: int) -> EpochPlan:
         if self._plan is None or self._plan.epoch != epoch:
-            self._plan = build_epoch_plan([s.layout for s in self._sources], self.counts, seed=self.cfg.seed,
+            self._plan = build_epoch_plan([s.layout for s in self._sources], self.counts, seed=self.seed,
                                           epoch=epoch, windows=self.windows)
         return self._plan
 
@@ -475,7 +480,7 @@ class TrainingStream:
             epoch, position = epoch + 1, 0
 
     def _run_epoch(self, epoch: int, position: int) -> Iterator[tuple[dict, int, int]]:
-        plan, b, g = self.plan(epoch), self.cfg.batch_size, self.global_batch
+        plan, b, g = self.plan(epoch), self.batch_size, self.global_batch
         steps = (len(plan) - position) // g
         self.stats["dropped_tail_samples"] += max(0, len(plan) - position - steps * g)
         if steps <= 0:
@@ -536,8 +541,8 @@ class TrainingStream:
     # -- decode workers ---------------------------------------------------------------------------
     def _decode_args(self, samples: list[dict], epoch: int) -> tuple[list, dict]:
         items = [(s["position"], s["images"]) for s in samples]
-        res = self.cfg.resolution
-        return items, {"size": (res, res), "augment": self.cfg.augment, "seed": self.cfg.seed, "epoch": epoch}
+        res = self.resolution
+        return items, {"size": (res, res), "augment": self.cfg.augment, "seed": self.seed, "epoch": epoch}
 
     def _submit(self, samples: list[dict], epoch: int) -> Any:
         items, kwargs = self._decode_args(samples, epoch)
@@ -560,9 +565,9 @@ class TrainingStream:
         if self._ring is None:
             import mmap
 
-            n_cams, res = len(self.cfg.cameras), self.cfg.resolution
+            n_cams, res = len(self.cfg.cameras), self.resolution
             item = 4 if self.cfg.augment else 1  # float32 frames with augmentation, uint8 without
-            slot_bytes = -(-self.cfg.batch_size * n_cams * 3 * res * res * item // 4096) * 4096
+            slot_bytes = -(-self.batch_size * n_cams * 3 * res * res * item // 4096) * 4096
             slots = self.cfg.prefetch_batches + 1
             path = os.path.join(self._shm_dir, "ring")
             with open(path, "w+b") as f:
@@ -607,13 +612,13 @@ class TrainingStream:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "seed": self.cfg.seed, "world_size": self.world_size, "rank": self.rank,
-                "batch_size": self.cfg.batch_size, "mixture_hash": self.mixture_hash, "plan_hash": self.plan_hash,
+        return {"version": STATE_VERSION, "seed": self.seed, "world_size": self.world_size, "rank": self.rank,
+                "batch_size": self.batch_size, "mixture_hash": self.mixture_hash, "plan_hash": self.plan_hash,
                 "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s (epoch, global position); world size and batch size may differ."""
-        expect = {"version": STATE_VERSION, "seed": self.cfg.seed, "mixture_hash": self.mixture_hash,
+        expect = {"version": STATE_VERSION, "seed": self.seed, "mixture_hash": self.mixture_hash,
                   "plan_hash": self.plan_hash}
         why = {"version": "saved by another stream version", "seed": "set stream.seed to the saved seed",
                "mixture_hash": "the mixture weights or the curated data changed",

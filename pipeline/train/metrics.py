@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import ConfigError
+
 __all__ = [
     "MetricsConfig",
     "StepStats",
@@ -45,7 +47,7 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
-            raise ValueError(f"metrics.log_every={self.log_every}: must be >= 1")
+            raise ConfigError("log_every", self.log_every, "must be >= 1")
 
 
 def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float:

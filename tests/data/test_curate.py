@@ -209,8 +209,8 @@ def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
 
 @pytest.mark.slow
 def test_kill_and_rerun_matches_uninterrupted(ray_session, raw, curated, tmp_path):
-    """Killed while the 2nd dataset is mapping (more kill points: pipeline/faults/curation_kill.py)."""
-    from pipeline.faults.curation_kill import compare_outputs, kill_when, partial_files, start_curate
+    """Killed while the 2nd dataset is mapping (more kill points: tests/faults/suite/curation_kill.py)."""
+    from tests.faults.suite.curation_kill import compare_outputs, kill_when, partial_files, start_curate
 
     out = str(tmp_path / "killed")
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.faults.core import FaultContext, run_scenario
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
 def test_corrupt_data_quick(tmp_path):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pipeline.faults.core import FaultContext, run_scenario
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
 def test_curation_kill_quick(tmp_path):
@@ -14,7 +14,7 @@ def test_curation_kill_quick(tmp_path):
 
 
 def test_compare_outputs_sees_a_changed_shard_and_leftovers(tmp_path):
-    from pipeline.faults.curation_kill import compare_outputs
+    from tests.faults.suite.curation_kill import compare_outputs
 
     for out in ("a", "b"):
         d = tmp_path / out / "bridge_orig" / "1.0.0"

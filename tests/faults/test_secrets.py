@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-from pipeline.faults.core import FaultContext, run_scenario
-from pipeline.faults.secrets import plant
+from tests.faults.suite.core import FaultContext, run_scenario
+from tests.faults.suite.secrets import plant
 
 
 def test_secrets_quick(tmp_path):

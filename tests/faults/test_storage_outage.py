@@ -3,7 +3,7 @@ and during stream reads; retries must carry the work through, or fail clearly wi
 
 from __future__ import annotations
 
-from pipeline.faults.core import FaultContext, run_scenario
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
 def test_storage_outage_quick(tmp_path):

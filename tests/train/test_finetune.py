@@ -30,7 +30,7 @@ TASKS = [  # instruction, rgb colour, action in the robot's own units (metres / 
     ("release the cable", (0.9, 0.9, 0.2), [0.01, 0.03, -0.03, 0.0, -0.1, 0.1, 1.0]),
 ]
 SMALL = ["model.llm_num_layers=2", "model.vision_depth=1"]  # the base's architecture (fine-tuning takes it)
-FT = ["per_device_batch=8", "optim.lr=3e-3", "data.augment=false", "data.num_workers=0", "metrics.progress=false",
+FT = ["per_device_batch=8", "optim.lr=3e-3", "data.stream.augment=false", "data.stream.num_workers=0", "metrics.progress=false",
       "metrics.tensorboard=false", "seed=1"]
 
 
@@ -108,7 +108,7 @@ def data(tmp_path_factory) -> dict:
     mixture = root / "new_robot.yaml"
     mixture.write_text(f"name: new_robot\ndescription: the made-up robot\ndatasets:\n  {NEW}: 1.0\n")
     return {"args": [f"data.data_root={root / 'curated'}", f"data.mixture={mixture}",
-                     f"data.index_cache_dir={root / 'index'}"], "stats": stats}
+                     f"data.stream.index_cache_dir={root / 'index'}"], "stats": stats}
 
 
 def _cfg(args: list[str]):
@@ -251,7 +251,7 @@ def test_bring_your_own_robot_reach_and_pick(base, tmp_path):
 
     paths = make_demo_robot_dataset(str(tmp_path / "data"), episodes=16, seed=0)
     cfg = _cfg([f"base={base['export']}", f"run_dir={tmp_path / 'ft'}", f"data.data_root={paths['curated']}",
-                f"data.mixture={paths['mixture']}", f"data.index_cache_dir={tmp_path / 'index'}",
+                f"data.mixture={paths['mixture']}", f"data.stream.index_cache_dir={tmp_path / 'index'}",
                 *FT, "per_device_batch=16", "lora.rank=8", "lora.projector=true", "stop.accuracy=0.95",
                 "stop.window=10", "stop.max_steps=400", "checkpoint.save_every=1000"])
     summary = finetune(cfg)

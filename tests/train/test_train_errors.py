@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -118,9 +119,10 @@ def test_plot_without_metrics(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, fragment", [
-    (["data.buffer_bytes=10", "data.prefetch_batches=0"], "data.buffer_bytes=10: must be >= 1 MiB"),
-    (["data.prefetch_batches=0"], "data.prefetch_batches=0: must be >= 1"),
-    (["data.io_threads=0"], "data.io_threads=0: must be >= 1"),
+    (["data.stream.buffer_bytes=10", "data.stream.prefetch_batches=0"], "data.stream.buffer_bytes=10: must be >= 1 MiB"),
+    (["data.stream.prefetch_batches=0"], "data.stream.prefetch_batches=0: must be >= 1"),
+    (["data.stream.io_threads=0"], "data.stream.io_threads=0: must be >= 1"),
+    (["data.buffer_bytes=10"], "data.buffer_bytes' (now data.stream.buffer_bytes)"),
 ])
 def test_stream_values_checked_at_parse_time(tmp_path, capsys, args, fragment):
     """The stream's own checks run when the config is parsed, before anything is built or written."""
@@ -128,7 +130,7 @@ def test_stream_values_checked_at_parse_time(tmp_path, capsys, args, fragment):
     from pipeline.errors import UserError
     from pipeline.train.config import TrainConfig
 
-    with pytest.raises(UserError, match=fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
         load_config(TrainConfig, args)
     code, err = _run(capsys, ["train", *SYN, f"run_dir={tmp_path / 'run'}", *args])
     _assert_one_line_error(code, err, fragment)
