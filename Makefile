@@ -1,4 +1,5 @@
 # Set-up is two commands on a fresh machine: `make demo` and `make test`. Both install first.
+# `make test-fast` skips the tests marked `slow` (for iterating; CI runs the full `make test`).
 #
 # Install notes (measured, see README "Installation"):
 # - torch==2.14.1 + torchvision==0.29.1 are installed first and pinned: they are the pair that load
@@ -13,7 +14,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint faults bench-curate bench-stream bench-train bench-infer clean
+.PHONY: install demo test test-fast lint faults bench-curate bench-stream bench-train bench-infer clean
 
 install: $(STAMP)
 
@@ -32,6 +33,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the suite without the `slow` end-to-end tests (multi-process runs, the fault scenarios): CI runs `test`
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check pipeline launch tests

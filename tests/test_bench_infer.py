@@ -20,6 +20,7 @@ def test_needs_gpu(capsys):
     assert len(err) == 1 and "bench-infer needs a CUDA GPU" in err[0]
 
 
+@pytest.mark.slow
 def test_smoke_prints_one_json_line(capsys):
     assert main(["--smoke"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

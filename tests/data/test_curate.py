@@ -73,6 +73,7 @@ def curated(ray_session, raw, tmp_path_factory) -> str:
     return out
 
 
+@pytest.mark.slow
 def test_output_layout_stats_and_shuffle(curated, raw):
     import tensorflow_datasets as tfds
 
@@ -111,6 +112,7 @@ def test_output_layout_stats_and_shuffle(curated, raw):
     assert n == read_manifest(curated_dir(curated, "taco_play"))["total_episodes"]
 
 
+@pytest.mark.slow
 def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
     from pipeline import cli
 
@@ -155,6 +157,7 @@ def _make_faulty(raw: str, root: str) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 def test_quarantine_counts_every_reason(ray_session, raw, tmp_path):
     root = str(tmp_path / "faulty")
     _make_faulty(raw, root)
@@ -191,6 +194,7 @@ def test_user_errors_before_any_work(raw, tmp_path):
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
     filesystem, _ = fs.get_fs(gcs_bucket)
     src = fs.join(gcs_bucket, "raw")

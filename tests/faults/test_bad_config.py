@@ -25,6 +25,7 @@ def test_table_is_large_enough():
     assert sum(c.subprocess for c in CASES) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=lambda c: c.name)
 def test_case_subprocess(case, sandbox):
     """The real process: exit status 2 and no traceback (not only what main() returns)."""

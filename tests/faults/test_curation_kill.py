@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_curation_kill_quick(tmp_path):
     result = run_scenario("curation_kill", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)

@@ -6,9 +6,12 @@ from __future__ import annotations
 import collections
 import json
 
+import pytest
+
 from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_rank_kill_quick(tmp_path):
     result = run_scenario("rank_kill", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)

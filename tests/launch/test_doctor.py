@@ -21,6 +21,7 @@ def _by_name(results):
     return {r.name: r for r in results}
 
 
+@pytest.mark.slow
 def test_all_checks_pass_through_the_2node_rendezvous(tmp_path, capsys):
     """collective=backend: the all_reduce runs under torchrun on both local "nodes" (c10d)."""
     code = main(["doctor", os.path.join(REPO, "launch", "configs", "local_2node.yaml"),
@@ -34,6 +35,7 @@ def test_all_checks_pass_through_the_2node_rendezvous(tmp_path, capsys):
     assert not [p for p in os.listdir(tmp_path / "run") if p.startswith(".doctor")]  # probe deleted
 
 
+@pytest.mark.slow
 def test_local_collective(tmp_path):
     cfg = load_config(LaunchConfig, [f"train.run_dir={tmp_path}", "doctor.collective_procs=2"])
     status, detail = doctor.check_collective(cfg)

@@ -137,6 +137,7 @@ def _lora_model_from_checkpoint(step_dir: str):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data, tmp_path, capsys):
     from pipeline.model import VLA, collate
     from pipeline.model.inference import load_policy
@@ -186,6 +187,7 @@ def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data
         np.testing.assert_allclose(got, action, atol=0.02)
 
 
+@pytest.mark.slow
 def test_resume_auto_is_bit_identical(base, data, tmp_path):
     from pipeline.train.finetune import finetune
 
@@ -201,6 +203,7 @@ def test_resume_auto_is_bit_identical(base, data, tmp_path):
     assert got[4] != got[5]
 
 
+@pytest.mark.slow
 def test_two_ranks_from_a_training_checkpoint(base, data, tmp_path):
     from pipeline.train.finetune import finetune
 
@@ -226,6 +229,7 @@ def test_two_ranks_from_a_training_checkpoint(base, data, tmp_path):
     assert set(stats) == {NEW} and not any("lora" in k for k in model.state_dict())
 
 
+@pytest.mark.slow
 def test_bad_base_and_target_are_one_line_errors(base, data, tmp_path, capsys):
     from pipeline.cli import main
     from pipeline.train.finetune import finetune

@@ -89,6 +89,7 @@ def test_batch_not_divisible_by_world(tmp_path, capsys):
 @pytest.mark.parametrize("arg,fragment", [
     ("fsdp.mode=zero", "fsdp.mode"), ("fsdp.activation_checkpointing=some", "fsdp.activation_checkpointing"),
     ("data.batch_size=4", "per_device_batch"), ("optim.schedule=linear", "optim.schedule"),
+    ("model.llm_num_kv_heads=4", "model.llm_num_kv_heads=4: must divide llm_num_heads=6"),
     ("fsdp.mode=hybrid", None),
 ])
 def test_bad_config_values(tmp_path, capsys, arg, fragment):
