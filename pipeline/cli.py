@@ -49,7 +49,7 @@ VERBS: dict[str, Verb] = {
     "doctor": Verb("launch.config:LaunchConfig", "launch.doctor:run_doctor", "preflight: collective, devices, storage, curated data, disk for a launch config (doctor.* keys)", ("--config",)),
     "train": Verb("pipeline.train.config:TrainConfig", "pipeline.train.main:run_train", "train the VLA with FSDP2 (nproc=N re-launches under torchrun); resumable checkpoints"),
     "finetune": Verb("pipeline.train.finetune:FinetuneConfig", "pipeline.train.finetune:run_finetune", "LoRA fine-tuning (peft) of an export or checkpoint on new data; FSDP2, resumable, merged export"),
-    "export": Verb("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", "consolidate a training checkpoint into HF-format weights + tokenizer + stats"),
+    "export": Verb("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", "a training checkpoint (or model folder) -> bf16 sharded weights + tokenizer + stats + model card, our layout or OpenVLA's (format=openvla)"),
     "plot": Verb("pipeline.train.plot:PlotConfig", "pipeline.train.plot:run_plot", "render loss/accuracy curves of a run's metrics.jsonl to PNG"),
     "serve": Verb("pipeline.serve:ServeConfig", "pipeline.serve:run_serve", "serve an export over HTTP: POST /act (image + instruction -> 7-D action), GET /health"),
 }

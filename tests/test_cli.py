@@ -43,10 +43,10 @@ PINNED = {
     "finetune": ("pipeline.train.finetune:FinetuneConfig", "pipeline.train.finetune:run_finetune", (),
                  sorted([*_TRAIN_KEYS, "base", "export_dir", "lora"])),
     "export": ("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", (),
-               ["checkpoint", "out", "overwrite"]),
+               ["adapter", "checkpoint", "dtype", "format", "max_shard_size", "out", "overwrite"]),
     "plot": ("pipeline.train.plot:PlotConfig", "pipeline.train.plot:run_plot", (), ["out", "run_dir"]),
     "serve": ("pipeline.serve:ServeConfig", "pipeline.serve:run_serve", (),
-              ["checkpoint", "device", "host", "max_body_mb", "port", "quantization"]),
+              ["center_crop", "checkpoint", "device", "host", "max_body_mb", "port", "quantization"]),
 }
 
 

@@ -37,9 +37,7 @@ def test_predict_action_unnormalized_by_hand(policy):
 
 
 def test_kv_cache_decode_matches_full_recompute(policy):
-    from pipeline.model.inference import _to_pixel_values
-
-    pixels = torch.cat([_to_pixel_values(image(1)), _to_pixel_values(image(2))])
+    pixels = policy.pixel_values([image(1), image(2)])
     prompt = torch.tensor([policy.prompt_builder.prompt_ids(INSTRUCTIONS[1])] * 2)
     torch.testing.assert_close(greedy_action_ids(policy.model, pixels, prompt),
                                policy.model.predict_action_ids(pixels, prompt), rtol=0, atol=0)

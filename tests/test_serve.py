@@ -1,5 +1,6 @@
-"""vla serve: /act answers equal predict_action, every malformed request gets a 400 with a message,
-404 / 500 paths, concurrent clients, and a real `vla serve` process stopped by SIGTERM."""
+"""vla serve: /act answers equal predict_action (base64 PNG/JPEG, and OpenVLA's json_numpy client
+answered in kind), every malformed request gets a 400 with a message, 404 / 500 paths, concurrent
+clients, and a real `vla serve` process stopped by SIGTERM."""
 
 from __future__ import annotations
 
@@ -48,12 +49,29 @@ def server(export_url):
     torch.set_num_threads(threads)
 
 
-def _request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+def _json_numpy(array: np.ndarray) -> dict:
+    """An ndarray as the json_numpy package encodes it (what OpenVLA's deploy client posts after
+    `json_numpy.patch()`): base64 of the C-order bytes, numpy's dtype descr, the shape."""
+    array = np.ascontiguousarray(array)
+    return {"__numpy__": base64.b64encode(array.tobytes()).decode("ascii"), "dtype": array.dtype.str,
+            "shape": list(array.shape)}
+
+
+def _json_numpy_hook(obj: dict):
+    """json_numpy's decoding (its object_hook), as that client's `response.json()` applies it."""
+    if "__numpy__" in obj:
+        return np.frombuffer(base64.b64decode(obj["__numpy__"]), np.dtype(obj["dtype"])).reshape(obj["shape"])
+    return obj
+
+
+def _request(srv, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+             *, with_headers: bool = False):
     conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=60)
     try:
         conn.request(method, path, body=body, headers=headers or {})
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read())
+        out = resp.status, json.loads(resp.read(), object_hook=_json_numpy_hook)
+        return (*out, dict(resp.getheaders())) if with_headers else out
     finally:
         conn.close()
 
@@ -89,13 +107,42 @@ def test_act_equals_predict_action(server, fmt):
     assert code == 200 and again["action"] == out["action"]
 
 
+def test_openvla_json_numpy_client(server):
+    """A body built as OpenVLA's deploy client builds it (requests + json_numpy.patch()), answered
+    with a json_numpy action equal to predict_action; also its `encoded` variant and __ndarray__."""
+    img = image(6, (60, 80))
+    expected = server.policy.predict_action(img, INSTRUCTIONS[2], unnorm_key="demo_ds")
+    body = json.dumps({"image": _json_numpy(img), "instruction": INSTRUCTIONS[2], "unnorm_key": "demo_ds"})
+    code, action, headers = _request(server, "POST", "/act", body.encode(), {"Content-Type": "application/json"},
+                                     with_headers=True)
+    assert code == 200
+    assert isinstance(action, np.ndarray) and action.dtype == np.float32 and action.shape == (7,)
+    np.testing.assert_array_equal(action, expected)
+    assert float(headers["X-Model-Latency-Ms"]) > 0
+    code, text = _act(server, {"encoded": body})  # OpenVLA's double-encoded request: a JSON string back
+    assert code == 200 and isinstance(text, str)
+    np.testing.assert_array_equal(json.loads(text, object_hook=_json_numpy_hook), expected)
+    named = {"__ndarray__": _json_numpy(img)["__numpy__"], "dtype": "uint8", "shape": [60, 80, 3]}
+    code, again = _act(server, {"image": named, "instruction": INSTRUCTIONS[2]})
+    assert code == 200
+    np.testing.assert_array_equal(again, expected)
+
+
 GOOD = _encode(image(0, (16, 16)))
+ARRAY = _json_numpy(image(0, (4, 5)))
 BAD_REQUESTS = {
     "bad_json": (b'{"image": ', "not valid JSON"),
     "not_object": (b"[1, 2]", "expected a JSON object, got list"),
     "missing_image": ({"instruction": "go"}, "missing field 'image'"),
     "missing_instruction": ({"image": GOOD}, "missing field 'instruction'"),
-    "image_type": ({"image": 123, "instruction": "go"}, "image: expected a string, got int"),
+    "image_type": ({"image": 123, "instruction": "go"}, "image: expected a base64 string or a json_numpy array, got int"),
+    "array_dtype": ({"image": {**ARRAY, "dtype": "<f4"}, "instruction": "go"}, "image: dtype '<f4', expected uint8"),
+    "array_shape": ({"image": {**ARRAY, "shape": [4, 5]}, "instruction": "go"}, "image: shape [4, 5], expected [H, W, 3]"),
+    "array_bytes": ({"image": {**ARRAY, "shape": [5, 5, 3]}, "instruction": "go"}, "60 bytes of data for shape [5, 5, 3]"),
+    "array_base64": ({"image": {**ARRAY, "__numpy__": "%%"}, "instruction": "go"}, "image: not valid base64"),
+    "array_keys": ({"image": {"__numpy__": ARRAY["__numpy__"]}, "instruction": "go"}, "needs '__numpy__'"),
+    "encoded_type": ({"encoded": 3}, "encoded: expected a JSON string"),
+    "encoded_json": ({"encoded": "{nope"}, "encoded is not valid JSON"),
     "instruction_type": ({"image": GOOD, "instruction": ["go"]}, "instruction: expected a string, got list"),
     "empty_instruction": ({"image": GOOD, "instruction": "  "}, "instruction: empty"),
     "unnorm_key_type": ({"image": GOOD, "instruction": "go", "unnorm_key": 3}, "unnorm_key: expected a string"),

@@ -3,14 +3,17 @@
 Pure functions on one frame's ENCODED bytes (JPEG or PNG). Keys read: the encoded image bytes of one
 camera (``b""`` = camera missing -> zeros). Output: float32 [3, H, W] in [0, 1].
 
-- decode: PIL; for JPEG ``Image.draft`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the
-  target is at least 2x smaller than the source (cheap and still followed by a Lanczos resize).
+- decode: PIL, at full scale (no JPEG draft mode: a camera frame at inference has no DCT to scale,
+  so a reduced-scale decode here would be pixels inference can never reproduce).
 - resize: Lanczos (PIL's LANCZOS filter is antialiased: its support widens when downscaling), like
-  OpenVLA's Lanczos3 + antialias resize to 224x224.
+  OpenVLA's Lanczos3 + antialias resize to 224x224. :func:`resize_rgb` is the one resize that the
+  stream and inference (:func:`prepare_image`, used by ``VLAPolicy`` and ``vla serve``) share.
 - augmentation (train-time, off by default, OpenVLA order): random resized crop (area scale 0.9,
-  aspect ratio 1), brightness +-0.2, contrast 0.8-1.2, saturation 0.8-1.2, hue +-0.05, each followed
-  by a clip to [0, 1]. The crop is taken on the SOURCE image and resized straight to the target size
-  (one Lanczos resize instead of OpenVLA's resize -> crop -> bilinear resize back).
+  aspect ratio 1 in the square training image, i.e. sqrt(0.9) of each side of the source),
+  brightness +-0.2, contrast 0.8-1.2, saturation 0.8-1.2, hue +-0.05, each followed by a clip to
+  [0, 1]. The crop is taken on the SOURCE image and resized straight to the target size (one Lanczos
+  resize instead of OpenVLA's resize -> crop -> bilinear resize back). A model trained with crops
+  sees the centre crop at inference (``prepare_image(center_crop=True)``, OpenVLA's eval rule).
 - every random draw comes from ``sample_augment(rng)`` with ``rng`` seeded by the caller from
   (seed, epoch, global sample index), so a frame's augmentation does not depend on worker count.
 """
@@ -33,6 +36,9 @@ __all__ = [
     "frame_rng",
     "decode_batch",
     "read_ring_slot",
+    "crop_box",
+    "resize_rgb",
+    "prepare_image",
 ]
 
 CROP_SCALE = 0.9
@@ -71,31 +77,56 @@ def sample_augment(rng: np.random.Generator) -> AugmentParams:
     )
 
 
-def _crop_box(width: int, height: int, params: AugmentParams) -> tuple[float, float, float, float]:
-    side = min(float(np.sqrt(CROP_SCALE * width * height)), float(width), float(height))
-    x0 = (width - side) * params.crop_x
-    y0 = (height - side) * params.crop_y
-    return (x0, y0, x0 + side, y0 + side)
+def crop_box(width: int, height: int, crop_x: float, crop_y: float) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) in source pixels of a crop of area ``CROP_SCALE``: sqrt(CROP_SCALE)
+    of each side (OpenVLA: a square crop of the image already resized to a square), its left/top edge
+    at fraction ``crop_x``/``crop_y`` of the free range (0.5, 0.5 = the centre crop)."""
+    side = float(np.sqrt(CROP_SCALE))
+    w, h = side * width, side * height
+    x0, y0 = (width - w) * crop_x, (height - h) * crop_y
+    return (x0, y0, x0 + w, y0 + h)
+
+
+def resize_rgb(rgb: Any, size: tuple[int, int], box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """PIL RGB image -> uint8 [H, W, 3] at ``size`` = (H, W) (Lanczos; ``box`` crops first)."""
+    from PIL import Image
+
+    height, width = size
+    if rgb.size != (width, height) or box is not None:
+        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS, box=box)
+    return np.asarray(rgb, dtype=np.uint8)
+
+
+def _decode_rgb(data: bytes) -> Any:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 def decode_resize(data: bytes, size: tuple[int, int], augment: AugmentParams | None = None) -> np.ndarray:
     """Decode ``data`` and resize to ``size`` = (H, W); returns uint8 [H, W, 3]. Raises on bad bytes."""
+    rgb = _decode_rgb(data)
+    box = None if augment is None else crop_box(*rgb.size, augment.crop_x, augment.crop_y)
+    return resize_rgb(rgb, size, box)
+
+
+def prepare_image(image: Any, size: tuple[int, int], *, center_crop: bool = False) -> np.ndarray:
+    """Inference frame -> uint8 [H, W, 3]: the training stream's decode + resize on encoded bytes
+    (JPEG/PNG), a uint8 [H, W, 3] RGB array or a PIL image; ``center_crop`` for crop-trained models."""
     from PIL import Image
 
-    height, width = size
-    with Image.open(io.BytesIO(data)) as img:
-        src_w, src_h = img.size
-        scale = 1.0 if augment is None else float(np.sqrt(CROP_SCALE))
-        if img.format == "JPEG" and min(src_w * scale / width, src_h * scale / height) >= 2.0:
-            img.draft("RGB", (int(np.ceil(width / scale)), int(np.ceil(height / scale))))
-        rgb = img.convert("RGB")
-    box = None
-    if augment is not None:
-        # the draw is relative to the (possibly draft-reduced) decoded size
-        box = _crop_box(rgb.size[0], rgb.size[1], augment)
-    if rgb.size != (width, height) or box is not None:
-        rgb = rgb.resize((width, height), Image.Resampling.LANCZOS, box=box)
-    return np.asarray(rgb, dtype=np.uint8)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        rgb = _decode_rgb(bytes(image))
+    elif hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
+        rgb = image.convert("RGB")
+    else:
+        array = np.asarray(image)
+        if array.dtype != np.uint8 or array.ndim != 3 or array.shape[-1] != 3:
+            raise ValueError(f"image: {array.dtype} {tuple(array.shape)}, expected uint8 [H,W,3] (RGB)")
+        rgb = Image.fromarray(np.ascontiguousarray(array))
+    box = crop_box(*rgb.size, 0.5, 0.5) if center_crop else None
+    return resize_rgb(rgb, size, box)
 
 
 def _rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -1,48 +1,48 @@
-"""One-call inference from a ``VLA.save_pretrained`` export: image + instruction -> 7-D action.
+"""One-call inference from a ``vla export`` folder or an OpenVLA checkpoint: image + instruction -> 7-D action.
 
     policy = VLAPolicy.from_pretrained("gs://bucket/run/export", quantization="bf16")
     action = policy.predict_action(image_uint8_hwc, "pick up the block", unnorm_key="bridge_orig")
     actions = policy.predict_actions([img_a, img_b], ["open the drawer", "close it"])   # [2, 7]
 
-Un-normalization (shared/oxe/datasets.yaml, ``normalization.un_normalization_at_inference``):
-masked dims ``0.5 * (a + 1) * (q99 - q01) + q01``; unmasked dims (gripper) are returned as decoded.
-Decoding is greedy over 7 tokens with a KV cache (one prefill of BOS + visual tokens + prompt,
-then one token per step). ``quantization``: see :mod:`pipeline.model.quantize`.
+Images get the training stream's pixels (:mod:`pipeline.model.image_input`: same Lanczos resize,
+the size and centre crop the export was trained with). Un-normalization (shared/oxe/datasets.yaml,
+``normalization.un_normalization_at_inference``): masked dims ``0.5 * (a + 1) * (q99 - q01) + q01``;
+unmasked dims (gripper) are returned as decoded. Decoding is greedy over 7 tokens with a KV cache
+(one prefill of BOS + visual tokens + prompt, then one token per step): by default the static-cache
+decoder of :mod:`pipeline.model.decode` (all frames of a call in one batch, one CUDA graph per
+action on a GPU); :func:`greedy_action_ids` is the reference (HF forward + DynamicCache).
+``quantization``: see :mod:`pipeline.model.quantize`.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import tempfile
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from pipeline import fs
 from pipeline.errors import UserError
-from pipeline.model.presets import VLAConfig
+from pipeline.model.decode import ActionDecoder, DecodeOptions
+from pipeline.model.image_input import ImagePreprocess, pixels_from_uint8
+from pipeline.model.pretrained import STATS_FILE, PretrainedVLA, load_pretrained_vla
 from pipeline.model.prompt import ActionPromptBuilder
 from pipeline.model.quantize import (
     GPU_MODES,
     check_mode,
     compute_dtype,
-    default_dtype,
     quantize_llm_linears_,
     resolve_device,
 )
-from pipeline.model.text_tokenizer import load_text_tokenizer
 from pipeline.model.tokenizer import ActionTokenizer
-from pipeline.model.vla import CONFIG_FILE, FORMAT_VERSION, VLA, WEIGHTS_FILE
+from pipeline.model.vla import VLA
 
 __all__ = ["VLAPolicy", "greedy_action_ids", "load_policy", "load_vla", "unnormalize_action"]
 
-STATS_FILE = "dataset_statistics.json"
-TRAIN_IMAGE_SIZE = 224  # the stream's pixel_values size (contract: "Training batch")
+_MAX_DECODERS = 4  # static-cache decoders kept per policy (one per batch size x prompt length)
 
 
 def unnormalize_action(action: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
@@ -52,25 +52,6 @@ def unnormalize_action(action: np.ndarray, stats: dict[str, Any]) -> np.ndarray:
     mask = np.asarray(stats.get("mask", np.ones_like(q01, dtype=bool)), dtype=bool)
     a = np.asarray(action, dtype=np.float64)
     return np.where(mask, 0.5 * (a + 1.0) * (q99 - q01) + q01, a).astype(np.float32)
-
-
-def _to_pixel_values(image: Any) -> torch.Tensor:
-    """uint8 HWC (numpy / PIL RGB) or float CHW in [0,1] -> float32 [1, 3, 224, 224] in [0, 1]."""
-    if hasattr(image, "convert") and hasattr(image, "mode"):  # PIL image
-        image = np.array(image.convert("RGB"))  # a writable copy
-    x = torch.as_tensor(np.asarray(image))
-    if x.dtype == torch.uint8:
-        if x.ndim != 3 or x.shape[-1] != 3:
-            raise ValueError(f"image shape {tuple(x.shape)}: expected uint8 [H,W,3] (RGB)")
-        x = x.permute(2, 0, 1)
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if x.ndim != 3 or x.shape[0] != 3:
-        raise ValueError(f"image shape {tuple(x.shape)}: expected uint8 [H,W,3] or float [3,H,W]")
-    x = x[None]
-    if x.shape[-2:] != (TRAIN_IMAGE_SIZE, TRAIN_IMAGE_SIZE):
-        x = F.interpolate(x, size=(TRAIN_IMAGE_SIZE, TRAIN_IMAGE_SIZE), mode="bilinear",
-                          align_corners=False, antialias=True)
-    return x.clamp(0.0, 1.0)
 
 
 def _cache_arg(llm_model: Any) -> str:
@@ -101,66 +82,33 @@ def greedy_action_ids(model: VLA, pixel_values: torch.Tensor, prompt_ids: torch.
     return torch.stack(ids, dim=1)
 
 
-def _local_weights(url: str, tmp: str) -> str:
-    weights = fs.join(url, WEIGHTS_FILE)
-    if not fs.exists(weights):
-        raise UserError(f"{url}: no {WEIGHTS_FILE}; expected a VLA.save_pretrained export")
-    if not fs.is_remote(url):
-        return fs.get_fs(weights)[1]
-    fsys, path = fs.get_fs(weights)
-    local = os.path.join(tmp, WEIGHTS_FILE)
-    fsys.get_file(path, local)
-    return local
-
-
-def _copy_weights(model: VLA, path: str, url: str) -> None:
-    """Stream the safetensors tensors one by one into ``model`` (cast to its dtypes), strictly."""
-    from safetensors import safe_open
-
-    target = model.state_dict()
-    with safe_open(path, framework="pt", device="cpu") as f:
-        keys = set(f.keys())
-        missing, unexpected = sorted(set(target) - keys), sorted(keys - set(target))
-        if missing or unexpected:
-            raise UserError(f"{url}/{WEIGHTS_FILE}: does not match its {CONFIG_FILE} "
-                            f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-        with torch.no_grad():
-            for name, dst in target.items():
-                src = f.get_tensor(name)
-                if tuple(src.shape) != tuple(dst.shape):
-                    raise UserError(f"{url}/{WEIGHTS_FILE}: {name} has shape {tuple(src.shape)}, "
-                                    f"its {CONFIG_FILE} gives {tuple(dst.shape)}")
-                dst.copy_(src)
-
-
-def load_vla(url: str, *, quantization: str = "auto", device: str | torch.device = "auto") -> tuple[VLA, str]:
-    """The export's model in inference form: ``(model, mode)``. bf16/fp32 are built directly on
-    ``device`` in their dtype; int8/int4 are built in bf16 on the CPU, their LLM decoder Linear
-    layers quantized onto the GPU one by one, then the rest moved over (peak GPU ~ final size)."""
+def _load(url: str, quantization: str, device: str | torch.device) -> tuple[PretrainedVLA, str]:
+    """The checkpoint (ours or OpenVLA's, via :func:`pipeline.model.pretrained.load_pretrained_vla`)
+    in inference form: bf16/fp32 built directly on ``device`` in their dtype; int8/int4 built in
+    bf16 on the CPU, their LLM decoder Linear layers quantized onto the GPU one by one, then the
+    rest moved over (peak GPU ~ final size). Returns (PretrainedVLA, mode)."""
     dev = resolve_device(device)
     mode = check_mode(quantization, dev)
-    cfg_url = fs.join(url, CONFIG_FILE)
-    if not fs.exists(cfg_url):
-        raise UserError(f"{url}: no {CONFIG_FILE}; expected a VLA.save_pretrained export (vla export)")
-    meta = fs.read_json(cfg_url)
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{cfg_url}: format_version={meta.get('format_version')}, this code reads {FORMAT_VERSION}")
-    dtype = compute_dtype(mode)
     build_on = torch.device("cpu") if mode in GPU_MODES else dev
-    with default_dtype(dtype), build_on:
-        model = VLA(VLAConfig.from_dict(meta["vla_config"]))
-    with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
-        _copy_weights(model, _local_weights(url, tmp), url)
-    model = model.to(dtype).eval().requires_grad_(False)
+    loaded = load_pretrained_vla(url, dtype=compute_dtype(mode), device=build_on)
+    model = loaded.model.eval().requires_grad_(False)
     if mode in GPU_MODES:
         quantize_llm_linears_(model, mode, dev)
         model = model.to(dev)
-    return model, mode
+    loaded.model = model
+    return loaded, mode
+
+
+def load_vla(url: str, *, quantization: str = "auto", device: str | torch.device = "auto") -> tuple[VLA, str]:
+    """The checkpoint's model in inference form: ``(model, mode)`` (see :func:`_load`)."""
+    loaded, mode = _load(url, quantization, device)
+    return loaded.model, mode
 
 
 @dataclass
 class VLAPolicy:
-    """A loaded export: model, tokenizers, prompt builder and (optional) dataset statistics."""
+    """A loaded export: model, tokenizers, prompt builder, (optional) dataset statistics, the image
+    preprocessing it was trained with (None: the model's image size, no crop) and how to decode."""
 
     model: VLA
     text_tokenizer: Any
@@ -170,22 +118,33 @@ class VLAPolicy:
     quantization: str = "fp32"
     source: str = ""
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    preprocess: ImagePreprocess | None = None
+    decode: DecodeOptions = field(default_factory=DecodeOptions)
+    _decoders: OrderedDict = field(default_factory=OrderedDict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.preprocess is None:
+            self.preprocess = ImagePreprocess(size=int(self.model.config.image_size))
 
     @classmethod
-    def from_pretrained(cls, url: str, *, quantization: str = "auto",
-                        device: str | torch.device = "auto") -> VLAPolicy:
-        """Load an export dir (local or gs://): model + tokenizer + ``dataset_statistics.json``.
+    def from_pretrained(cls, url: str, *, quantization: str = "auto", device: str | torch.device = "auto",
+                        decode: DecodeOptions | None = None, center_crop: bool | None = None) -> VLAPolicy:
+        """Load a ``vla export`` folder or an OpenVLA checkpoint (local, gs:// or hub id): model,
+        tokenizer, dataset statistics (``dataset_statistics.json`` / OpenVLA's ``norm_stats``) and the
+        image preprocessing it was trained with.
 
         ``quantization``: "fp32" | "bf16" | "int8" | "int4" | "auto" (bf16 on a GPU, fp32 on CPU);
         int8/int4 need a CUDA GPU and bitsandbytes (UserError otherwise). ``device``: "auto" | "cpu"
-        | "cuda[:N]"."""
-        model, mode = load_vla(url, quantization=quantization, device=device)
-        tok = load_text_tokenizer(url)
+        | "cuda[:N]". ``decode``: :class:`DecodeOptions` (default: static cache, CUDA graphs on a
+        GPU). ``center_crop``: None = as trained (``train_config.yaml``), True/False to override."""
+        loaded, mode = _load(url, quantization, device)
+        model, tok = loaded.model, loaded.text_tokenizer
         at = ActionTokenizer(base_vocab_size=int(tok.vocab_size))
-        stats_url = fs.join(url, STATS_FILE)
-        stats = fs.read_json(stats_url) if fs.exists(stats_url) else {}
         dev = next(model.llm.get_input_embeddings().parameters()).device
-        return cls(model, tok, at, ActionPromptBuilder(tok, at), stats, mode, url, dev)
+        pre = ImagePreprocess.from_train_config(loaded.train_config, model.config, center_crop=center_crop,
+                                                where=url)
+        return cls(model, tok, at, ActionPromptBuilder(tok, at), loaded.norm_stats, mode, url, dev, pre,
+                   decode or DecodeOptions())
 
     @property
     def unnorm_keys(self) -> list[str]:
@@ -204,24 +163,60 @@ class VLAPolicy:
             raise UserError(f"unnorm_key={unnorm_key!r}: not in {STATS_FILE}; expected one of {self.unnorm_keys}")
         return unnorm_key
 
-    @torch.no_grad()
+    def frames(self, images: Sequence[Any]) -> np.ndarray:
+        """The model's uint8 input frames [B, H, W, 3] (see :class:`ImagePreprocess.frames`)."""
+        return self.preprocess.frames(images)
+
+    def pixel_values(self, images: Sequence[Any]) -> torch.Tensor:
+        """The float pixels [B, 3, H, W] in [0, 1] the model reads (on the policy's device)."""
+        return pixels_from_uint8(torch.from_numpy(self.frames(images)).to(self.device))
+
     def predict_action_ids(self, images: Sequence[Any], instructions: Sequence[str], *,
                            action_dim: int = 7) -> np.ndarray:
-        """int64 [B, action_dim] greedy action token ids. Frames whose prompts have the same token
-        length run as one batch (no padding, so results equal one-by-one calls)."""
+        """int64 [B, action_dim] greedy action token ids for ``images`` and their instructions."""
         if len(images) != len(instructions):
             raise ValueError(f"predict_actions: {len(images)} images but {len(instructions)} instructions")
-        vis_dtype = next(self.model.vision.parameters()).dtype
         prompts = [self.prompt_builder.prompt_ids(str(s)) for s in instructions]
+        return self.action_ids(images, prompts, action_dim=action_dim)
+
+    @torch.no_grad()
+    def action_ids(self, images: Sequence[Any], prompts: Sequence[Sequence[int]], *, action_dim: int = 7) -> np.ndarray:
+        """:meth:`predict_action_ids` for prompts given as token ids (BOS first). Static cache
+        (default): all frames in one batch, prompts of any lengths; reference path: frames whose
+        prompts have the same length run as one batch. Either way rows equal one-by-one calls."""
+        frames = self.frames(images)
+        if self.decode.static_cache:
+            return self._decoder(len(prompts), max(map(len, prompts)) - 1, action_dim)(frames, prompts)
+        vis_dtype = next(self.model.vision.parameters()).dtype
         groups: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
             groups.setdefault(len(p), []).append(i)
         out = np.zeros((len(prompts), action_dim), dtype=np.int64)
         for idx in groups.values():
-            pixels = torch.cat([_to_pixel_values(images[i]) for i in idx]).to(self.device, vis_dtype)
-            ids = torch.tensor([prompts[i] for i in idx], device=self.device)
+            pixels = pixels_from_uint8(torch.from_numpy(frames[idx]).to(self.device), vis_dtype)
+            ids = torch.tensor([list(prompts[i]) for i in idx], device=self.device)
             out[idx] = greedy_action_ids(self.model, pixels, ids, action_dim).cpu().numpy()
         return out
+
+    @property
+    def decode_path(self) -> str:
+        """How the last static-cache action ran: "cuda_graph", "eager" (or "reference")."""
+        if not self.decode.static_cache:
+            return "reference"
+        last = next(reversed(self._decoders.values()), None)
+        return "cuda_graph" if last is not None and last.graph is not None else "eager"
+
+    def _decoder(self, batch: int, text_len: int, action_dim: int) -> ActionDecoder:
+        """The static-cache decoder for this shape (kept: its cache and CUDA graph are reused)."""
+        key = (batch, text_len, action_dim)
+        if key in self._decoders:
+            self._decoders.move_to_end(key)
+        else:
+            while len(self._decoders) >= _MAX_DECODERS:
+                self._decoders.popitem(last=False)
+            self._decoders[key] = ActionDecoder(self.model, batch=batch, text_len=text_len, action_dim=action_dim,
+                                                image_size=self.preprocess.size, options=self.decode)
+        return self._decoders[key]
 
     def predict_actions(self, images: Sequence[Any], instructions: Sequence[str] | str, *,
                         unnorm_key: str | None = None, action_dim: int = 7) -> np.ndarray:

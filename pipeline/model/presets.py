@@ -22,11 +22,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "InitConfig",
     "PRESETS",
     "SIGLIP_MEAN",
     "SIGLIP_STD",
@@ -58,6 +59,27 @@ class VisionSpec:
 
 
 @dataclass(kw_only=True)
+class InitConfig:
+    """Where the model's starting weights come from (``model.init.*``; empty: random init). Loaded by
+    :func:`pipeline.model.init_weights.apply_init`."""
+
+    vla: str = field(default="", metadata={"help": "a whole VLA: `vla export` folder or OpenVLA checkpoint (local, gs://, hub id); model.* and data.tokenizer then come from it"})
+    dino: str = field(default="", metadata={"help": "first vision tower from timm weights (file, folder with model.safetensors, gs://, hub id e.g. timm/vit_large_patch14_reg4_dinov2.lvd142m)"})
+    siglip: str = field(default="", metadata={"help": "second vision tower from timm weights (same forms as dino)"})
+    projector: str = field(default="", metadata={"help": "projector from a .safetensors file (keys 0/2/4 or fc1/fc2/fc3)"})
+    llm: str = field(default="", metadata={"help": "Llama from a Hugging Face model folder (local, gs://, hub id e.g. meta-llama/Llama-2-7b-hf)"})
+
+    def __post_init__(self) -> None:
+        parts = [k for k in ("dino", "siglip", "projector", "llm") if getattr(self, k)]
+        if self.vla and parts:
+            raise UserError(f"model.init.vla loads every weight; leave model.init.{parts[0]} empty")
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
+
+
+@dataclass(kw_only=True)
 class VLAConfig:
     """Model config. ``preset`` selects defaults; None fields take the preset's value.
 
@@ -75,6 +97,7 @@ class VLAConfig:
         attn_implementation: "sdpa" or "eager" (LLM and nothing else).
         vision_trainable: train the vision encoders (OpenVLA: True).
         initializer_range: std of the LLM's random init (ViTs: timm init; projector: torch default).
+        init: pretrained starting weights (``model.init.*``, :mod:`pipeline.model.init_weights`).
     """
 
     preset: str = field(default="tiny", metadata={"help": "tiny | small | 7b (fields left None take the preset's value)"})
@@ -94,6 +117,7 @@ class VLAConfig:
     attn_implementation: str = field(default="sdpa", metadata={"help": "LLM attention: sdpa | eager"})
     vision_trainable: bool = field(default=True, metadata={"help": "train the vision encoders"})
     initializer_range: float = field(default=0.02, metadata={"help": "std of the LLM random init"})
+    init: InitConfig = field(default_factory=InitConfig)
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -157,6 +181,8 @@ class VLAConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"VLAConfig: unknown keys {unknown}; known: {sorted(names)}")
+        if isinstance(d.get("init"), dict):
+            d = dict(d, init=InitConfig(**d["init"]))
         return cls(**d)
 
 

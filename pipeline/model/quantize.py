@@ -6,7 +6,7 @@ Modes (``quantization=``):
 |--------|-------------------------------------------------------------|--------------------------|
 | fp32   | everything float32                                          | CPU or GPU               |
 | bf16   | everything bfloat16                                         | CPU or GPU               |
-| int8   | LLM decoder Linear layers LLM.int8() (bitsandbytes), rest bf16 | CUDA GPU + bitsandbytes |
+| int8   | LLM decoder Linear layers LLM.int8() (bitsandbytes, fp16 compute), rest bf16 | CUDA GPU + bitsandbytes |
 | int4   | LLM decoder Linear layers NF4 4-bit (bitsandbytes, bf16 compute), rest bf16 | CUDA GPU + bitsandbytes |
 
 Quantized: the q/k/v/o attention projections and gate/up/down MLP projections of every Llama
@@ -14,6 +14,12 @@ decoder layer (~96% of the 7B LLM's weights). Kept in bf16: token embeddings, th
 last 256 rows are the action tokens, whose argmax is the prediction), RMSNorms, the projector
 and both vision backbones (small, and precision-sensitive). bitsandbytes is the optional ``gpu``
 extra (``pip install 'vla-pipeline[gpu]'``) and is imported only for int8/int4.
+
+LLM.int8() quantizes its inputs from fp16: given bf16 it casts them itself and warns
+(``MatMul8bitLt: inputs will be cast from torch.bfloat16 to float16``) on every call of every
+layer (Python's once-per-location filter is reset whenever any code changes the warning filters).
+Each int8 layer is therefore wrapped in :class:`Int8Fp16Linear`, which hands it fp16 and casts the
+result back: the cast bitsandbytes would do, without the warning or its per-call cost.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pipeline.errors import UserError
 
 __all__ = [
     "GPU_MODES",
+    "Int8Fp16Linear",
     "MODES",
     "check_mode",
     "compute_dtype",
@@ -107,6 +114,17 @@ def _llm_linears(model: nn.Module) -> Iterator[tuple[nn.Module, str, nn.Linear]]
                     yield parent, name, child
 
 
+class Int8Fp16Linear(nn.Module):
+    """An LLM.int8() layer fed fp16: ``inner(x.half())`` cast back to ``x``'s dtype."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x.to(torch.float16)).to(x.dtype)
+
+
 def _quantized_linear(bnb: Any, lin: nn.Linear, mode: str, device: torch.device) -> nn.Module:
     has_bias = lin.bias is not None
     w = lin.weight.detach().to("cpu")  # bitsandbytes quantizes when CPU data moves to the GPU
@@ -120,8 +138,9 @@ def _quantized_linear(bnb: Any, lin: nn.Linear, mode: str, device: torch.device)
         q.weight = bnb.nn.Params4bit(w.to(torch.bfloat16), requires_grad=False, quant_type="nf4",
                                      compress_statistics=True, module=q)
     if has_bias:
-        q.bias = nn.Parameter(lin.bias.detach().to("cpu", torch.bfloat16), requires_grad=False)
-    return q.to(device)
+        bias_dtype = torch.float16 if mode == "int8" else torch.bfloat16
+        q.bias = nn.Parameter(lin.bias.detach().to("cpu", bias_dtype), requires_grad=False)
+    return Int8Fp16Linear(q.to(device)) if mode == "int8" else q.to(device)
 
 
 def quantize_llm_linears_(model: nn.Module, mode: str, device: torch.device) -> int:

@@ -42,26 +42,23 @@ def load_text_tokenizer(url: str) -> Any:
 
     if not fs.exists(url):
         raise UserError(f"{url}: tokenizer directory not found")
-    tmp = None
-    local = url
-    if fs.is_remote(url):
-        tmp = tempfile.mkdtemp(prefix="vla-tok-")
-        local = tmp
-        for name in _TOKENIZER_FILES:  # only these: ``url`` may be a whole export
+    # Only the tokenizer's own files are read (from a temp copy): a model config.json beside them
+    # (e.g. OpenVLA's, with remote-code auto_map entries) must never reach AutoTokenizer.
+    tmp = tempfile.mkdtemp(prefix="vla-tok-")
+    try:
+        for name in _TOKENIZER_FILES:
             src = fs.join(url, name)
             if fs.exists(src):
                 fs.copy_file(src, os.path.join(tmp, name))
-    try:
-        if not any(os.path.exists(os.path.join(local, n)) for n in ("tokenizer.json", "tokenizer.model")):
+        if not any(os.path.exists(os.path.join(tmp, n)) for n in ("tokenizer.json", "tokenizer.model")):
             raise UserError(f"{url}: no tokenizer.json or tokenizer.model found; pass an HF tokenizer dir")
         try:
-            tok = AutoTokenizer.from_pretrained(local, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         except (OSError, ValueError, ImportError) as e:
             raise UserError(f"{url}: cannot load the tokenizer ({str(e).splitlines()[0][:200]}); "
                             "a dir with only tokenizer.model needs the sentencepiece package") from e
     finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
     return tok

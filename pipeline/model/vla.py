@@ -11,32 +11,26 @@ runs only at positions whose shifted label != -100 ("fast path": same loss, far 
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import fs
-from pipeline.errors import UserError
 from pipeline.model.presets import VisionSpec, VLAConfig
 from pipeline.model.prompt import IGNORE_INDEX
 from pipeline.model.tokenizer import ActionTokenizer
 
-__all__ = ["VLA", "VLAOutput", "VisionEncoder", "action_metrics", "build_vla", "load_pretrained"]
-
-CONFIG_FILE = "config.json"
-WEIGHTS_FILE = "model.safetensors"
-FORMAT_VERSION = 1
+__all__ = ["VLA", "VLAOutput", "VisionEncoder", "action_metrics", "build_vla"]
 
 
-@dataclass
-class VLAOutput:
+class VLAOutput(NamedTuple):
     """Result of ``VLA.forward``.
+
+    A NamedTuple, not a dataclass: FSDP2 finds the output tensors that need its pre-backward hook
+    (which gathers the root's parameters again after reshard-after-forward) by walking the
+    output, and torch 2.11's walk (pytree ``tree_flatten``) does not look inside unregistered
+    dataclasses; every torch version walks NamedTuples.
 
     loss: scalar mean cross-entropy over supervised (label != -100) tokens, or None without labels.
     logits: fast path: [N, V] at the N supervised positions (row order = ``targets``); full path
@@ -87,15 +81,21 @@ class VisionEncoder(nn.Module):
         self.image_size = int(self.vit.patch_embed.img_size[0])
         self._mean = tuple(float(v) for v in spec.mean)
         self._std = tuple(float(v) for v in spec.std)
+        # (device, dtype) -> (mean, std) [1,3,1,1]: made once, so a forward never copies host data
+        # to the GPU (a CUDA graph capture forbids that)
+        self._norm_stats: dict[tuple[torch.device, torch.dtype], tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def blocks(self) -> list[nn.Module]:
         return list(self.vit.blocks)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:  # [B,3,H,W] -> [B,P,C]
-        mean = torch.tensor(self._mean, device=pixel_values.device, dtype=pixel_values.dtype)
-        std = torch.tensor(self._std, device=pixel_values.device, dtype=pixel_values.dtype)
-        x = (pixel_values - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+        key = (pixel_values.device, pixel_values.dtype)
+        if key not in self._norm_stats:
+            self._norm_stats[key] = tuple(torch.tensor(v, device=key[0], dtype=key[1]).view(1, 3, 1, 1)
+                                          for v in (self._mean, self._std))
+        mean, std = self._norm_stats[key]
+        x = (pixel_values - mean) / std
         feats = self.vit.forward_features(x)  # [B, prefix + P, C]; norm pruned -> Identity
         return feats[:, self.vit.num_prefix_tokens:]
 
@@ -223,16 +223,20 @@ class VLA(nn.Module):
     compute_metrics = staticmethod(action_metrics)
 
     # -- parallelism / accounting ----------------------------------------------------------------
+    def block_segments(self) -> list[list[nn.Module]]:
+        """The blocks, in forward order, as runs that execute back to back: each vision
+        encoder's blocks, the projector, the LLM decoder layers. Per-block wrappers (activation
+        checkpointing, compile) apply to every block; FSDP units group blocks within one run."""
+        segments = [list(enc.blocks) for enc in self.vision]
+        segments.append([self.projector])
+        segments.append(list(self.llm.model.layers))
+        return segments
+
     def fsdp_units(self) -> list[nn.Module]:
         """Submodules to ``fully_shard`` individually (then shard the root): every vision block,
         the projector, every LLM decoder layer. Embeddings, final norm, LM head, patch embeds
         stay with the root."""
-        units: list[nn.Module] = []
-        for enc in self.vision:
-            units.extend(enc.blocks)
-        units.append(self.projector)
-        units.extend(self.llm.model.layers)
-        return units
+        return [block for segment in self.block_segments() for block in segment]
 
     def num_params(self, *, trainable_only: bool = False, exclude_embeddings: bool = False) -> int:
         """Parameter count (``exclude_embeddings`` drops the input embedding table)."""
@@ -258,53 +262,6 @@ class VLA(nn.Module):
         total += 6.0 * n_llm * t + 12.0 * self.config.llm_num_layers * self.config.llm_hidden_size * t ** 2
         return total
 
-    # -- export ------------------------------------------------------------------------------------
-    def save_pretrained(self, out_url: str, *, tokenizer: Any = None,
-                        state_dict: dict[str, torch.Tensor] | None = None,
-                        extra_json: dict[str, Any] | None = None) -> None:
-        """Consolidated export to a local or gs:// dir: ``config.json`` ({"format_version",
-        "vla_config"}), ``model.safetensors`` (``state_dict`` if given, e.g. an FSDP-gathered full
-        state dict on rank 0; else this module's), the tokenizer's files if given, and one JSON
-        file per ``extra_json`` entry (e.g. {"dataset_statistics.json": stats})."""
-        from safetensors.torch import save_file
-
-        sd = state_dict if state_dict is not None else self.state_dict()
-        sd = {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
-        with tempfile.TemporaryDirectory(prefix="vla-save-") as tmp:
-            save_file(sd, os.path.join(tmp, WEIGHTS_FILE), metadata={"format": "pt"})
-            del sd
-            if tokenizer is not None:
-                tokenizer.save_pretrained(tmp)
-            fs.copy_dir(tmp, out_url)
-        for name, obj in (extra_json or {}).items():
-            fs.write_json(fs.join(out_url, name), obj)
-        # config last: its presence marks a complete export
-        fs.write_json(fs.join(out_url, CONFIG_FILE),
-                      {"format_version": FORMAT_VERSION, "vla_config": self.config.to_dict()})
-
-    @classmethod
-    def from_pretrained(cls, url: str, *, device: str | torch.device = "cpu") -> VLA:
-        """Load a ``save_pretrained`` export (local or gs://; gs:// is copied to a temp dir first).
-        The model is built directly on ``device`` and the weights are memory-mapped."""
-        from safetensors.torch import load_file
-
-        cfg_url = fs.join(url, CONFIG_FILE)
-        if not fs.exists(cfg_url):
-            raise UserError(f"{url}: no {CONFIG_FILE}; expected a VLA.save_pretrained export")
-        meta = fs.read_json(cfg_url)
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise UserError(f"{cfg_url}: format_version={meta.get('format_version')}, "
-                            f"this code reads {FORMAT_VERSION}")
-        with torch.device(device):
-            model = cls(VLAConfig.from_dict(meta["vla_config"]))
-        with tempfile.TemporaryDirectory(prefix="vla-load-") as tmp:
-            weights = fs.join(url, WEIGHTS_FILE)
-            if fs.is_remote(url):
-                fs.copy_file(weights, os.path.join(tmp, WEIGHTS_FILE))
-                weights = os.path.join(tmp, WEIGHTS_FILE)
-            model.load_state_dict(load_file(weights, device=str(device)), strict=True)
-        return model
-
 
 def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None,
               device: str | torch.device | None = None) -> VLA:
@@ -323,56 +280,3 @@ def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: in
         return VLA(cfg)
     with torch.device(device):
         return VLA(cfg)
-
-
-def load_pretrained(model: VLA, url: str) -> dict[str, bool]:
-    """Load pretrained parts from a local or gs:// dir into ``model`` (in place):
-
-    - ``<url>/llm/``: an HF Llama checkpoint (``LlamaForCausalLM.from_pretrained``); its embedding
-      rows are resized to the model's padded vocab (new rows: HF's mean init), shapes must match.
-    - ``<url>/vision.safetensors``: keys of ``model.vision.state_dict()``.
-    - ``<url>/projector.safetensors``: keys of ``model.projector.state_dict()``.
-    Missing parts keep their random init. Returns {"llm": bool, "vision": bool, "projector": bool}.
-    """
-    from safetensors.torch import load
-
-    loaded = {"llm": False, "vision": False, "projector": False}
-    for part, module in (("vision", model.vision), ("projector", model.projector)):
-        part_url = fs.join(url, f"{part}.safetensors")
-        if fs.exists(part_url):
-            sd = load(fs.read_bytes(part_url))
-            try:
-                module.load_state_dict(sd, strict=True)
-            except RuntimeError as e:
-                raise UserError(f"{part_url}: does not match model.{part} ({str(e).splitlines()[0]})") from e
-            loaded[part] = True
-    llm_url = fs.join(url, "llm")
-    if fs.exists(fs.join(llm_url, "config.json")):
-        _load_llm(model, llm_url)
-        loaded["llm"] = True
-    return loaded
-
-
-def _load_llm(model: VLA, llm_url: str) -> None:
-    from transformers import LlamaForCausalLM
-
-    tmp = tempfile.mkdtemp(prefix="vla-llm-")
-    try:
-        local = llm_url
-        if fs.is_remote(llm_url):
-            fs.copy_dir(llm_url, tmp)
-            local = tmp
-        src = LlamaForCausalLM.from_pretrained(local, local_files_only=True, dtype=torch.float32)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    ours, theirs = model.llm.config, src.config
-    for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                "num_key_value_heads"):
-        if getattr(ours, key) != getattr(theirs, key):
-            raise UserError(f"{llm_url}: LLM {key}={getattr(theirs, key)} but model.{key}="
-                            f"{getattr(ours, key)}; pick the matching model.preset")
-    if src.config.vocab_size != model.vocab_size:
-        src.resize_token_embeddings(model.vocab_size, mean_resizing=True)
-    model.llm.load_state_dict(src.state_dict(), strict=True)
-
-

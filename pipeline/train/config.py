@@ -18,6 +18,7 @@ from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
 from pipeline.train.metrics import MetricsConfig
 from pipeline.train.optim import OptimConfig
+from pipeline.train.parallel import FSDPConfig
 
 __all__ = [
     "TrainConfig",
@@ -58,24 +59,6 @@ class DataConfig:
     def run_seed(self, seed: int) -> int:
         """The data seed of a run whose seed is ``seed``."""
         return seed if self.seed < 0 else self.seed
-
-
-@dataclass(kw_only=True)
-class FSDPConfig:
-    mode: str = field(default="full", metadata={"help": "full (1-D mesh) | hybrid (shard in node, replicate across)"})
-    shard_size: int = field(default=0, metadata={"help": "hybrid: ranks per node (0: LOCAL_WORLD_SIZE)"})
-    param_dtype: str = field(default="auto", metadata={"help": "auto (bf16 on GPU, fp32 on CPU) | float32 | bfloat16"})
-    reduce_dtype: str = field(default="float32", metadata={"help": "gradient reduce-scatter dtype"})
-    reshard_after_forward: bool = field(default=True, metadata={"help": "free gathered params after forward"})
-    activation_checkpointing: str = field(default="none", metadata={"help": "none | selective | full"})
-    ac_every: int = field(default=2, metadata={"help": "selective: checkpoint every N-th unit"})
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("full", "hybrid"):
-            raise ConfigError("mode", self.mode, "expected full or hybrid")
-        if self.activation_checkpointing not in ("none", "selective", "full"):
-            raise ConfigError("activation_checkpointing", self.activation_checkpointing,
-                              "expected none, selective or full")
 
 
 @dataclass(kw_only=True)
@@ -147,6 +130,13 @@ class TrainConfig:
             raise ConfigError("global_batch", self.global_batch, "must be >= 0 (0: per_device_batch * world)")
         if not self.resume:
             raise ConfigError("resume", self.resume, "expected auto, none or a checkpoint URL")
+        self._check_weights_sources()
+
+    def _check_weights_sources(self) -> None:
+        """The model's tokenizer must fit its size (``vla finetune`` takes both from its base)."""
+        from pipeline.model.init_weights import check_tokenizer_choice
+
+        check_tokenizer_choice(self.model, self.data.tokenizer)
 
     @property
     def checkpoint_root(self) -> str:

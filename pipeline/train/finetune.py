@@ -3,10 +3,11 @@
     vla finetune base=<export dir | checkpoint> data.data_root=<curated> data.mixture=<yaml> \\
         lora.rank=32 [nproc=N] [run_dir=runs/finetune]
 
-``base`` is a ``vla export`` / ``VLA.save_pretrained`` dir (config.json + model.safetensors +
-tokenizer) or a training checkpoint (a ``step_*`` dir with COMMIT, a checkpoints root or a run dir:
-the latest committed one; a LoRA checkpoint is merged first). The model architecture and the text
-tokenizer come from the base; ``model.*`` and ``data.tokenizer`` are ignored.
+``base`` is a model folder: a ``vla export`` / ``save_model_dir`` dir or an OpenVLA / Prismatic
+HF checkpoint (config.json + safetensors + tokenizer; local, gs:// or a hub id such as
+``openvla/openvla-7b``), or a training checkpoint (a ``step_*`` dir with COMMIT, a checkpoints root
+or a run dir: the latest committed one; a LoRA checkpoint is merged first). The model architecture
+and the text tokenizer come from the base; ``model.*`` and ``data.tokenizer`` are ignored.
 
 Everything else is ``vla train``: :func:`pipeline.train.main.train` runs with :class:`FinetuneRecipe`
 (load the base, inject LoRA adapters, freeze the rest, then AC + FSDP2 as in pretraining), so
@@ -15,7 +16,8 @@ only, ``lora_config.json``), ``resume=auto`` (bit-identical on CPU) and ``nproc=
 re-launch) behave the same. The dataset statistics saved with checkpoints and exports are those
 of the fine-tuning data, so ``predict_action(unnorm_key=<new dataset>)`` works on the export.
 At the end (``lora.merge_on_export``) the adapters are merged into the weights and exported to
-``export_dir`` (default ``<run_dir>/export``) in the ``vla export`` format.
+``export_dir`` (default ``<run_dir>/export``) in the ``vla export`` format; ``lora.save_adapter``
+also writes the un-merged adapters as a standalone peft adapter (``<run_dir>/adapter``).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ log = logging.getLogger("pipeline.train")
 class FinetuneConfig(TrainConfig):
     """``TrainConfig`` + the base model + the LoRA adapters (OpenVLA LoRA defaults: lr 5e-4, rank 32)."""
 
-    base: str = helpfield(MISSING, "base model: a `vla export` dir or a training checkpoint (step dir / run dir)")
+    base: str = helpfield(MISSING, "base model: a `vla export` dir, an OpenVLA checkpoint (local, gs://, hub id) or a training checkpoint (step dir / run dir)")
     lora: LoRAConfig = field(default_factory=LoRAConfig)
     export_dir: str = helpfield("", "merged export written at the end (empty: <run_dir>/export)")
     run_dir: str = helpfield("runs/finetune", "metrics, TensorBoard, checkpoints (local dir)")
@@ -57,6 +59,9 @@ class FinetuneConfig(TrainConfig):
         super().__post_init__()
         if self.base != MISSING and not str(self.base).strip():
             raise ConfigError("base", self.base, "expected a `vla export` dir or a training checkpoint URL")
+
+    def _check_weights_sources(self) -> None:
+        return  # the base supplies both the model and its tokenizer
 
     @property
     def merged_export_dir(self) -> str:
@@ -74,41 +79,43 @@ class BaseModel:
 
 
 def resolve_base(url: str) -> BaseModel:
-    """Which kind of base ``url`` is (checks only; nothing is loaded but small JSON files)."""
-    from pipeline.model.vla import CONFIG_FILE, WEIGHTS_FILE
+    """Which kind of base ``url`` is (checks only; small files are read, no weights)."""
+    from pipeline.model.pretrained import is_model_dir, open_model_dir
     from pipeline.train.export import resolve_checkpoint
 
     try:
-        is_export = fs.exists(fs.join(url, CONFIG_FILE)) and fs.exists(fs.join(url, WEIGHTS_FILE))
+        model_dir = is_model_dir(url)
     except Exception as e:  # noqa: BLE001 - unreachable storage, bad URL
         raise UserError(f"base={url}: storage not reachable ({type(e).__name__})") from e
-    if is_export:
-        cfg = fs.read_json(fs.join(url, CONFIG_FILE)).get("vla_config")
-        if not isinstance(cfg, dict):
-            raise UserError(f"base={url}: {CONFIG_FILE} has no vla_config (not written by VLA.save_pretrained)")
-        return BaseModel("export", url, cfg, url)
+    if model_dir:  # a `vla export` folder or an OpenVLA checkpoint (local, gs://, hub id)
+        d = open_model_dir(url, key="base")
+        return BaseModel("export", d.url, d.vla_config.to_dict(), d.url)
     try:
         step = resolve_checkpoint(url)
     except UserError:
-        raise UserError(f"base={url}: neither a `vla export` dir ({CONFIG_FILE} + {WEIGHTS_FILE}) nor a "
-                        "training checkpoint (step_* dir with COMMIT, checkpoints root or run dir)") from None
+        raise UserError(f"base={url}: neither a model folder (`vla export` or OpenVLA checkpoint: config.json + "
+                        "weights) nor a training checkpoint (step_* dir with COMMIT, checkpoints root or run dir)"
+                        ) from None
     return BaseModel("checkpoint", step, fs.read_json(fs.join(step, "model_config.json")),
                      fs.join(step, "tokenizer"))
 
 
-def _load_base(base: BaseModel, device: Any) -> Any:
-    from pipeline.model import VLA
+def _load_base(base: BaseModel, device: Any) -> tuple[Any, Any]:
+    """``(model, LoadReport or None)`` of the base on ``device`` (float32)."""
+    from pipeline.model.pretrained import load_pretrained_vla
     from pipeline.train.export import load_checkpoint_model
 
     if base.kind == "export":
-        return VLA.from_pretrained(base.url, device=device)
-    return load_checkpoint_model(base.url).to(device)
+        loaded = load_pretrained_vla(base.url, device=device, key="base")
+        return loaded.model, loaded.report
+    return load_checkpoint_model(base.url).to(device), None
 
 
 class FinetuneRecipe(TrainRecipe):
     """Tokenizer and model from the base; LoRA adapters injected before FSDP2."""
 
     def __init__(self, cfg: FinetuneConfig, base: BaseModel) -> None:
+        super().__init__()
         self.cfg = cfg
         self.base = base
         self.spec: dict = {}
@@ -125,7 +132,9 @@ class FinetuneRecipe(TrainRecipe):
         from pipeline.train.lora import apply_lora, trainable_summary
         from pipeline.train.parallel import rank_and_world
 
-        model = _load_base(self.base, device)
+        model, self.init_report = _load_base(self.base, device)
+        if self.init_report is not None and rank_and_world()[0] == 0:
+            log.info("base: %s", self.init_report.line())
         if model.vocab_size != model.config.padded_vocab_size(len(tokenizer)):
             raise UserError(f"base={self.base.url}: tokenizer has {len(tokenizer)} tokens but the model "
                             f"{model.vocab_size} rows (tokenizer and weights from different runs?)")
@@ -147,18 +156,18 @@ class FinetuneRecipe(TrainRecipe):
                 "base.json": json.dumps({"kind": self.base.kind, "url": self.base.url}, indent=2)}
 
     def summary(self, model: Any) -> dict:
-        return {**self.counts, "base": self.base.url, "lora_rank": self.spec.get("rank")}
+        return {**self.counts, **super().summary(model), "base": self.base.url, "lora_rank": self.spec.get("rank")}
 
 
 def prepare(cfg: FinetuneConfig) -> tuple[FinetuneConfig, BaseModel]:
     """Resolve ``base`` and take its model config (the run's ``model`` section)."""
-    from pipeline.model import VLAConfig
+    from pipeline.model import InitConfig, VLAConfig
 
     if cfg.base == MISSING:
         raise UserError("base: required (a `vla export` dir or a training checkpoint URL)")
     base = resolve_base(cfg.base)
-    try:
-        model_cfg = VLAConfig.from_dict(base.model_config)
+    try:  # the base's weights are the start: its own model.init.* does not apply again
+        model_cfg = dataclasses.replace(VLAConfig.from_dict(base.model_config), init=InitConfig())
     except (TypeError, ValueError) as e:
         raise UserError(f"base={cfg.base}: unreadable model config ({str(e).splitlines()[0]})") from e
     return dataclasses.replace(cfg, model=model_cfg), base
@@ -173,13 +182,15 @@ def finetune(cfg: FinetuneConfig) -> dict:
 
 
 def export_merged(cfg: FinetuneConfig, summary: dict) -> str | None:
-    """Merge the adapters of the run's last checkpoint and export them (``vla export`` format)."""
+    """Merge the adapters of the run's last checkpoint and export them (``vla export`` format); with
+    ``lora.save_adapter`` also write the adapters alone (peft layout) to ``<run_dir>/adapter``."""
     from pipeline.train.export import export_checkpoint
 
     last = summary.get("last_checkpoint")
     if not cfg.lora.merge_on_export or not last:
         return None
-    export_checkpoint(last, cfg.merged_export_dir, overwrite=True)
+    adapter = fs.join(cfg.run_dir, "adapter") if cfg.lora.save_adapter else ""
+    export_checkpoint(last, cfg.merged_export_dir, overwrite=True, adapter=adapter)
     return cfg.merged_export_dir
 
 

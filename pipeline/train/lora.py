@@ -41,6 +41,8 @@ class LoRAConfig:
     init: str = field(default="gaussian", metadata={"help": "init of A: gaussian (OpenVLA) | kaiming (B is 0 either way)"})
     merge_on_export: bool = field(default=True, metadata={
         "help": "at the end, merge the adapters and export to <run_dir>/export (same format as vla export)"})
+    save_adapter: bool = field(default=True, metadata={
+        "help": "with merge_on_export: also write the un-merged adapters as a standalone peft adapter to <run_dir>/adapter"})
 
     def __post_init__(self) -> None:
         if self.rank < 1:

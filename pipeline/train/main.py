@@ -24,7 +24,8 @@ from pipeline.errors import UserError
 from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
-__all__ = ["train", "run_train", "main", "rank_main", "shard_model", "validate", "under_torchrun", "TrainRecipe"]
+__all__ = ["train", "run_train", "main", "rank_main", "resolve_model_init", "shard_model", "validate", "under_torchrun",
+           "TrainRecipe"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -48,8 +49,9 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
 
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
     data_root = cfg.data.data_root if cfg.data.source == "stream" else ""
+    weights = [(f"model.init.{k}", v, False) for k, v in cfg.model.init.sources.items()]
     for key, url, writable in (("run_dir", cfg.run_dir, True), ("checkpoint.dir", cfg.checkpoint_root, True),
-                               ("data.data_root", data_root, False), ("resume", cfg.resume, False)):
+                               ("data.data_root", data_root, False), ("resume", cfg.resume, False), *weights):
         storage.check_location(key, url, writable=writable)
     if cfg.data.source == "stream":
         _check_data(cfg)
@@ -173,27 +175,56 @@ def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
     return out
 
 
-def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
-    """The VLA, initialized from the run seed identically on every rank, then AC + FSDP2."""
+def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> tuple[Any, Any]:
+    """The VLA, initialized from the run seed identically on every rank, then the pretrained weights
+    of ``model.init.*`` (skipped when the run resumes from a checkpoint), then AC + FSDP2.
+    Returns ``(model, LoadReport or None)``."""
     import torch
 
     from pipeline.model import build_vla
+    from pipeline.model.init_weights import apply_init
 
     torch.manual_seed(cfg.seed)
     model = build_vla(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, device=device)
-    return shard_model(model, cfg, device, mesh)
+    report = None
+    if cfg.model.init.sources:
+        if _will_resume(cfg):
+            from pipeline.model.pretrained import LoadReport
+
+            report = LoadReport(sources=cfg.model.init.sources, skipped="the run resumes from a checkpoint")
+        else:
+            report = apply_init(model, cfg.model.init, tokenizer=tokenizer)
+        log.info("model.init: %s", report.line())
+    return shard_model(model, cfg, device, mesh), report
+
+
+def _will_resume(cfg: TrainConfig) -> bool:
+    from pipeline.train.checkpoint import find_latest
+
+    if cfg.resume == "none":
+        return False
+    return cfg.resume != "auto" or find_latest(cfg.checkpoint_root) is not None
+
+
+def resolve_model_init(cfg: TrainConfig) -> TrainConfig:
+    """``model.init.vla``: the run's model config (and, unless given, tokenizer) from that checkpoint."""
+    import dataclasses
+
+    from pipeline.model.init_weights import resolve_vla_init
+
+    if not cfg.model.init.vla:
+        return cfg
+    model_cfg, tokenizer = resolve_vla_init(cfg.model, cfg.data.tokenizer)
+    return dataclasses.replace(cfg, model=model_cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer))
 
 
 def shard_model(model: Any, cfg: TrainConfig, device: Any, mesh: Any) -> Any:
-    """Activation checkpointing + FSDP2 over ``model.fsdp_units()`` as ``cfg.fsdp`` says."""
-    from pipeline.train.parallel import apply_activation_checkpointing, apply_fsdp, resolve_dtype
+    """Attention kernel, activation checkpointing, compile and FSDP2 as ``cfg.fsdp`` says."""
+    from pipeline.train.parallel import parallelize, resolve_dtype
 
-    units = model.fsdp_units()
-    apply_activation_checkpointing(units, cfg.fsdp.activation_checkpointing, every=cfg.fsdp.ac_every)
-    return apply_fsdp(model, mesh, units=units,
-                      param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
-                      reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"),
-                      reshard_after_forward=cfg.fsdp.reshard_after_forward)
+    return parallelize(model, mesh, cfg.fsdp,
+                       param_dtype=resolve_dtype(cfg.fsdp.param_dtype, device, key="fsdp.param_dtype"),
+                       reduce_dtype=resolve_dtype(cfg.fsdp.reduce_dtype, device, key="fsdp.reduce_dtype"))
 
 
 def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
@@ -227,19 +258,23 @@ def _resume_url(cfg: TrainConfig, rank: int) -> str | None:
 class TrainRecipe:
     """The steps of ``train`` that a variant replaces (LoRA fine-tuning: pipeline.train.finetune)."""
 
+    def __init__(self) -> None:
+        self.init_report: Any = None
+
     def tokenizer(self, cfg: TrainConfig) -> Any:
         return build_tokenizer(cfg)
 
     def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
-        return build_model(cfg, tokenizer, device, mesh)
+        model, self.init_report = build_model(cfg, tokenizer, device, mesh)
+        return model
 
     def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
         """Extra files saved with every checkpoint."""
         return {}
 
     def summary(self, model: Any) -> dict:
-        """Extra keys of the run summary."""
-        return {}
+        """Extra keys of the run summary (``init``: what ``model.init.*`` loaded)."""
+        return {"init": self.init_report.to_dict()} if self.init_report is not None else {}
 
 
 def train(cfg: TrainConfig, recipe: TrainRecipe | None = None) -> dict:
@@ -252,6 +287,7 @@ def train(cfg: TrainConfig, recipe: TrainRecipe | None = None) -> dict:
 
     device = resolve_device(cfg.device)
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    cfg = resolve_model_init(cfg)
     accum = validate(cfg, world)  # before the process group exists and before any write
     hooks = build_hooks(cfg.debug)
     created = init_distributed(device)
@@ -333,7 +369,7 @@ def run_train(cfg: TrainConfig) -> int:
         summary = train(cfg)
         print(json.dumps(summary))
         return 0
-    validate(cfg, cfg.nproc)
+    validate(resolve_model_init(cfg), cfg.nproc)
     return launch_torchrun(cfg)
 
 

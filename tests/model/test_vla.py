@@ -49,6 +49,30 @@ def test_forward_backward_and_fast_path_equality(tiny_model, tiny_batch):
         assert sum(float(g.abs().sum()) for g in grads) > 0, name
 
 
+def test_fast_path_grads_equal_full_logits_grads(tiny_model, tiny_batch):
+    """The LM head at the supervised positions only (the training path) gives the gradients of
+    the head over every position."""
+    grads = []
+    for full in (False, True):
+        tiny_model.zero_grad(set_to_none=True)
+        _run(tiny_model, tiny_batch, full_logits=full).loss.backward()
+        grads.append([p.grad.clone() for p in tiny_model.parameters()])
+    tiny_model.zero_grad(set_to_none=True)
+    for fast, full in zip(*grads):
+        torch.testing.assert_close(fast, full, rtol=1e-4, atol=1e-6)
+
+
+def test_output_is_a_pytree_node_with_named_fields(tiny_model, tiny_batch):
+    """FSDP2 (torch 2.11) finds the loss with pytree's tree_flatten: the output must expose it."""
+    from torch.utils._pytree import tree_flatten
+
+    out = _run(tiny_model, tiny_batch)
+    leaves = tree_flatten(out)[0]
+    assert any(leaf is out.loss for leaf in leaves) and any(leaf is out.logits for leaf in leaves)
+    assert out.num_visual_tokens == 64 and out._fields == ("loss", "logits", "predictions", "targets",
+                                                           "num_visual_tokens")
+
+
 def test_padding_does_not_change_loss(tiny_model, tiny_batch):
     """Extra right padding must not change the loss (attention mask + ignored labels)."""
     b = dict(tiny_batch)

@@ -80,6 +80,9 @@ def test_export_reload_identical_logits(trained, tmp_path, capsys):
     ref = build_vla(cfg)
     ref.load_state_dict(full)
     ref.eval()
+    with torch.no_grad():  # the export stores bf16 weights (the default dtype)
+        for t in ref.state_dict().values():
+            t.copy_(t.to(torch.bfloat16))
     builder = ActionPromptBuilder(tok)
     gen = torch.Generator().manual_seed(0)
     samples = [builder({"language_instruction": "pick up the red block", "action": [0.1] * 7,

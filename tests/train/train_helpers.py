@@ -18,7 +18,9 @@ BASE = [
 
 def env() -> dict:
     e = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    e.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3")
+    # the checkout first; what the caller adds stays (the GPU session script's unpacked wheels)
+    path = [ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != ROOT]
+    e.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(path), TF_CPP_MIN_LOG_LEVEL="3")
     return e
 
 
@@ -53,3 +55,38 @@ def losses(run_dir: str) -> dict[int, float]:
 
 def check(proc: subprocess.CompletedProcess) -> None:
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+
+
+# -- torch 2.11's FSDP2 output walk ------------------------------------------------------------------
+def pytree_grad_tensors(tree) -> tuple:
+    """The grad-requiring tensors pytree's ``tree_flatten`` finds (an unregistered dataclass is one
+    opaque leaf: nothing inside it is found)."""
+    import torch
+    from torch.utils._pytree import tree_flatten
+
+    return tuple(t for t in tree_flatten(tree)[0] if torch.is_tensor(t) and t.requires_grad)
+
+
+def _pytree_replace_grad_tensors(tree, replacements):
+    import torch
+    from torch.utils._pytree import tree_flatten, tree_unflatten
+
+    leaves, spec = tree_flatten(tree)
+    return tree_unflatten([next(replacements) if torch.is_tensor(t) and t.requires_grad else t for t in leaves],
+                          spec)
+
+
+def use_torch_2_11_output_walk(monkeypatch) -> None:
+    """Make FSDP2 find the tensors of a module's output (its pre-backward hook) and inputs (its
+    post-backward hook) as torch 2.11 does: pytree ``tree_flatten`` only. Newer torch walks
+    dataclasses too (``collect_grad_tensors``); that walk is put back to the pytree one here. On a
+    torch that still has the pytree walk, nothing needs patching."""
+    from torch.distributed.fsdp._fully_shard import _fsdp_param_group, _fsdp_state
+
+    if not hasattr(_fsdp_state, "collect_grad_tensors"):
+        assert hasattr(_fsdp_state, "tree_flatten")  # this torch walks with pytree natively
+        return
+    monkeypatch.setattr(_fsdp_state, "collect_grad_tensors", pytree_grad_tensors)
+    if hasattr(_fsdp_param_group, "collect_grad_tensors"):
+        monkeypatch.setattr(_fsdp_param_group, "collect_grad_tensors", pytree_grad_tensors)
+        monkeypatch.setattr(_fsdp_param_group, "replace_grad_tensors", _pytree_replace_grad_tensors)
