@@ -157,25 +157,25 @@ def check_storage(cfg: LaunchConfig) -> tuple[str, str]:
 def check_data(cfg: LaunchConfig) -> tuple[str, str]:
     if cfg.train.data.source == "synthetic":
         return SKIP, "data.source=synthetic (no curated data read)"
-    from pipeline.data.manifest import curated_dir, read_manifest
-    from pipeline.data.mixtures import load_mixture
+    from pipeline.data.manifest import STATISTICS_NAME, CuratedDataset
+    from pipeline.data.mixture.files import load_mixture
 
     curated = cfg.train.data.data_root
     mixture = load_mixture(cfg.train.data.mixture)
     frames = 0
-    for name in mixture.datasets:
-        url = curated_dir(curated, name)
-        manifest = read_manifest(url)
+    for name in mixture.active():  # the datasets the stream reads
+        dataset = CuratedDataset(curated, name)
+        manifest = dataset.read_manifest()
         if manifest is None:
-            return FAIL, f"{name}: no manifest.json under {url} (curate it: vla curate ...)"
-        missing = [s["file"] for s in manifest.get("shards", []) if not fs.exists(fs.join(url, s["file"]))]
+            return FAIL, f"{name}: no manifest.json under {dataset.url} (curate it: vla curate ...)"
+        missing = [s["file"] for s in manifest.get("shards", []) if not fs.exists(dataset.file(s["file"]))]
         if missing:
-            return FAIL, f"{name}: shard {missing[0]} listed in manifest.json is missing under {url}"
-        stats_url = fs.join(url, "dataset_statistics.json")
+            return FAIL, f"{name}: shard {missing[0]} listed in manifest.json is missing under {dataset.url}"
+        stats_url = dataset.file(STATISTICS_NAME)
         if not fs.exists(stats_url) or name not in fs.read_json(stats_url):
-            return FAIL, f"{name}: dataset_statistics.json missing or without key '{name}' under {url}"
+            return FAIL, f"{name}: {STATISTICS_NAME} missing or without key '{name}' under {dataset.url}"
         frames += int(manifest.get("total_frames", 0))
-    return OK, f"mixture {mixture.name}: {len(mixture.datasets)} dataset(s), {frames} frames under {curated}"
+    return OK, f"mixture {mixture.name}: {len(mixture.active())} dataset(s), {frames} frames under {curated}"
 
 
 def _existing_parent(path: str) -> str:

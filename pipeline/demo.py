@@ -51,7 +51,8 @@ def _last_json(proc: subprocess.CompletedProcess) -> dict:
 
 def stream_demo(curated: str, batches: int = 300) -> dict:
     """Iterate `batches` batches of the curated demo mixture; report throughput and diversity."""
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import load_mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.config import TrainConfig
     from pipeline.train.main import build_tokenizer
@@ -60,8 +61,8 @@ def stream_demo(curated: str, batches: int = 300) -> dict:
     cfg = StreamConfig(num_workers=0)
     start = time.perf_counter()
     distinct = []
-    with TrainingStream(cfg, data_root=curated, mixture="demo", batch_size=16, seed=0, resolution=112, rank=0,
-                        world_size=1, prompt_builder=ActionPromptBuilder(tokenizer)) as stream:
+    with TrainingStream(cfg, data_root=curated, mixture=load_mixture("demo"), batch_size=16, seed=0, resolution=112,
+                        rank=0, world_size=1, prompt_builder=ActionPromptBuilder(tokenizer)) as stream:
         for _ in range(batches):
             batch = next(stream)
             distinct.append(len({(m[0], m[1]) for m in batch["meta"]}))

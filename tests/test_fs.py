@@ -98,7 +98,7 @@ def test_retrying_reader_resumes_at_the_offset(monkeypatch):
     """A connection reset mid-file: the reader re-opens at its offset; no record lost or repeated."""
     import io
 
-    from pipeline.data.tfrecord import frame_record, read_records
+    from pipeline.data.io.tfrecord import frame_record, read_records
 
     records = [bytes([i]) * (50 + i) for i in range(6)]
     blob = b"".join(frame_record(r) for r in records)

@@ -32,7 +32,7 @@ SHARDS = 4
 
 
 def _fixtures(root: str, datasets: list[str]) -> None:
-    from pipeline.data.fixtures import FixtureConfig, run_fixture
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 
     cfg = load_config(FixtureConfig, [f"out={root}", f"datasets=[{','.join(datasets)}]", f"episodes={EPISODES}",
                                       f"shards={SHARDS}", "steps=20-40", "seed=0"])
@@ -41,7 +41,7 @@ def _fixtures(root: str, datasets: list[str]) -> None:
 
 
 def _curate_once(source: str, out: str, workers: int) -> tuple[int, float]:
-    from pipeline.data.curate import CurateConfig, curate
+    from pipeline.data.curate.job import CurateConfig, curate
 
     cfg = load_config(CurateConfig, ["mixture=demo", f"source={source}", f"out={out}", f"workers={workers}",
                                      "progress=false"])
@@ -53,7 +53,7 @@ def _curate_once(source: str, out: str, workers: int) -> tuple[int, float]:
 
 def bench_stats(frames: int = 400_000) -> float:
     """Frames/s of PartialStats.update over 40-step episodes (action 7 + proprio 8 dims)."""
-    from pipeline.data.stats import PartialStats
+    from pipeline.data.curate.stats import PartialStats
 
     rng = np.random.default_rng(0)
     action = rng.standard_normal((frames, 7)).astype(np.float32)
@@ -69,7 +69,7 @@ def bench_stats(frames: int = 400_000) -> float:
 def main() -> int:
     import ray
 
-    from pipeline.data.mixtures import load_mixture
+    from pipeline.data.mixture.files import load_mixture
 
     datasets = list(load_mixture("demo").active())
     root = tempfile.mkdtemp(prefix="bench-curate-")

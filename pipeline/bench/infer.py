@@ -221,7 +221,7 @@ def _serve_overhead(policy: Any, frame: np.ndarray, requests: int) -> dict:
 # -- agreement on the demo model ------------------------------------------------------------------
 def _scene_frames(n: int, seed: int, size: int = 112) -> tuple[list[np.ndarray], list[str], np.ndarray]:
     """``n`` (primary image, instruction, normalized expert action float32[7]) from fixture scenes."""
-    from pipeline.data.scene import STEP_M, plan_scene, render_rgb, scene_actions
+    from pipeline.data.fixtures.scene import STEP_M, plan_scene, render_rgb, scene_actions
 
     rng = np.random.default_rng(seed)
     images, instr, actions = [], [], []
@@ -236,7 +236,7 @@ def _scene_frames(n: int, seed: int, size: int = 112) -> tuple[list[np.ndarray],
 
 
 def _demo_stats() -> dict:
-    from pipeline.data.scene import STEP_M
+    from pipeline.data.fixtures.scene import STEP_M
 
     return {"demo_scene": {"action": {"q01": [-STEP_M] * 3 + [-1.0] * 3 + [0.0],
                                       "q99": [STEP_M] * 3 + [1.0] * 3 + [1.0], "mask": [True] * 6 + [False]},
@@ -247,7 +247,7 @@ def _train_demo(out: str, args: argparse.Namespace, device: Any) -> dict:
     """Train the tiny preset on scene frames (fp32) and export it to ``out``; returns train stats."""
     import torch
 
-    from pipeline.data.scene import COLORS
+    from pipeline.data.fixtures.scene import COLORS
     from pipeline.model import ActionPromptBuilder, VLAConfig, build_demo_tokenizer, build_vla, collate
     from pipeline.model.export_format import save_model_dir
     from pipeline.model.image_input import ImagePreprocess, pixels_from_uint8

@@ -1,7 +1,7 @@
 """``make bench-stream``: our training stream vs an OpenVLA/Octo-style tf.data loader, same data, same run.
 
-Prints ONE JSON line. Both loaders read the same curated-format fixture (written here with the
-RLDS writer: 256x256 JPEG frames, two datasets) and produce 224x224 frames. Each side runs in its
+Prints ONE JSON line. Both loaders read the same curated-format fixture (written here by
+``pipeline.data.fixtures.curated``: 256x256 JPEG frames, two datasets) and produce 224x224 frames. Each side runs in its
 own subprocess (fair peak RSS); CPU time is summed over the side's processes (our decode workers
 included, TF's thread pool included) so ``*_per_core`` = frames per CPU-second. ``*cores_used`` =
 CPU-seconds per wall second: on a shared, oversubscribed machine the wall-clock figures mostly
@@ -23,7 +23,6 @@ Usage: ``python -m pipeline.bench.stream [--frames 3000] [--batches 50] [--worke
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import resource
@@ -35,85 +34,7 @@ import time
 
 import numpy as np
 
-from pipeline import fs
-
-__all__ = ["write_curated_dataset", "main"]
-
-_INSTRUCTIONS = ["pick up the red block", "put the spoon in the pot", "open the drawer", "wipe the table"]
-
-
-def _frame_image(rng: np.random.Generator, base: np.ndarray, t: int, size: int, quality: int) -> bytes:
-    from PIL import Image
-
-    img = np.roll(base, shift=3 * t, axis=1).astype(np.int16) + rng.integers(-6, 7, base.shape)
-    out = io.BytesIO()
-    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(out, format="JPEG", quality=quality)
-    return out.getvalue()
-
-
-def _episode(name: str, index: int, length: int, rng: np.random.Generator, size: int, quality: int) -> dict:
-    from PIL import Image
-
-    coarse = rng.integers(0, 256, (12, 12, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BILINEAR))
-    action = np.concatenate([rng.normal(0, 0.01, (length, 6)), (rng.random((length, 1)) > 0.5)], axis=1)
-    empty = np.array([b""] * length, dtype=object)
-    steps = {
-        "observation": {
-            "image_primary": np.array([_frame_image(rng, base, t, size, quality) for t in range(length)], dtype=object),
-            "image_secondary": empty, "image_wrist": empty,
-            "proprio": rng.normal(0, 1, (length, 8)).astype(np.float32),
-        },
-        "action": action.astype(np.float32),
-        "language_instruction": np.array([_INSTRUCTIONS[index % len(_INSTRUCTIONS)].encode()] * length, dtype=object),
-        "is_first": np.arange(length) == 0, "is_last": np.arange(length) == length - 1,
-        "is_terminal": np.arange(length) == length - 1,
-    }
-    meta = {"dataset_name": name.encode(), "episode_id": f"{name}-{index:05d}".encode(),
-            "source_file": b"fixture", "source_index": np.int64(index)}
-    return {"steps": steps, "episode_metadata": meta}
-
-
-def _stats(actions: np.ndarray, proprio: np.ndarray) -> dict:
-    def block(x: np.ndarray) -> dict:
-        return {k: getattr(np, k)(x, axis=0).astype(float).tolist() for k in ("mean", "std", "min", "max")} | {
-            "q01": np.quantile(x, 0.01, axis=0).astype(float).tolist(),
-            "q99": np.quantile(x, 0.99, axis=0).astype(float).tolist()}
-
-    return {"action": block(actions) | {"mask": [True] * 6 + [False]}, "proprio": block(proprio),
-            "num_transitions": int(len(actions))}
-
-
-def write_curated_dataset(root: str, name: str, *, episode_lengths: list[int], shards: int = 2, image_size: int = 256,
-                          quality: int = 90, seed: int = 0) -> str:
-    """Write a curated-format dataset (contracts.md) at ``<root>/<name>/1.0.0``; returns its URL.
-
-    Writes the shards with ``pipeline.data.rlds.write_shard``, ``manifest.json`` and
-    ``dataset_statistics.json`` (OpenVLA format, computed from the written actions). No tfds
-    metadata (``dataset_info.json``) is written: the stream does not need it.
-    """
-    from pipeline.data.curate_tasks import curated_features
-    from pipeline.data.rlds import write_shard
-
-    url = fs.join(root, name, "1.0.0")
-    rng = np.random.default_rng([seed, sum(map(ord, name))])
-    episodes = [_episode(name, i, n, rng, image_size, quality) for i, n in enumerate(episode_lengths)]
-    bounds = np.linspace(0, len(episodes), shards + 1).astype(int)
-    entries = []
-    for s in range(shards):
-        file = f"{name}-train.tfrecord-{s:05d}-of-{shards:05d}"
-        written = write_shard(fs.join(url, file), episodes[bounds[s]:bounds[s + 1]], curated_features(8))
-        entries.append({"file": file, "episodes": written.num_episodes, "frames": written.num_frames,
-                        "sha256": written.sha256})
-    actions = np.concatenate([e["steps"]["action"] for e in episodes])
-    proprio = np.concatenate([e["steps"]["observation"]["proprio"] for e in episodes])
-    fs.write_json(fs.join(url, "dataset_statistics.json"), {name: _stats(actions, proprio) | {
-        "num_trajectories": len(episodes)}})
-    fs.write_json(fs.join(url, "manifest.json"), {
-        "format": 1, "dataset": name, "version": "1.0.0", "split": "train", "shards": entries,
-        "total_episodes": len(episodes), "total_frames": int(sum(episode_lengths))})
-    return url
-
+__all__ = ["main"]
 
 # ------------------------------------------------------------------------------------ measurements
 def _proc_cpu(pid: int) -> float:
@@ -135,14 +56,16 @@ def _distinct(metas: list[list]) -> float:
 
 
 def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
-    from pipeline.data.mixtures import Mixture
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.fixtures.curated import INSTRUCTIONS
+    from pipeline.data.mixture.files import Mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
     from pipeline.model.prompt import ActionPromptBuilder
     from pipeline.model.text_tokenizer import build_demo_tokenizer
 
-    builder = ActionPromptBuilder(build_demo_tokenizer(_INSTRUCTIONS))
+    builder = ActionPromptBuilder(build_demo_tokenizer(INSTRUCTIONS))
     mixture = Mixture(name="bench", datasets={d: 1.0 for d in datasets}, balance_by_size=True)
-    cfg = StreamConfig(num_workers=args.workers, buffer_bytes=args.buffer_mb * 2**20, prefetch_batches=max(2, 2 * args.workers),
+    cfg = StreamConfig(num_workers=args.workers, buffer_bytes=args.buffer_mb * 2**20,
+                       prefetch_batches=max(2, 2 * args.workers),
                        index_cache_dir=os.path.join(args.data, "_index"))
     import torch  # noqa: F401  (the trainer has torch loaded anyway: not the loader's memory)
 
@@ -151,7 +74,7 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
                             resolution=224, rank=0, world_size=1, prompt_builder=builder)
     for _ in range(args.warmup):
         next(stream)
-    pids = [os.getpid()] + ([p.pid for p in stream._pool._pool] if stream._pool is not None else [])
+    pids = [os.getpid(), *stream.worker_pids()]
     cpu0, t0 = sum(_proc_cpu(p) for p in pids), time.perf_counter()
     metas = [next(stream)["meta"] for _ in range(args.batches)]
     wall, cpu = time.perf_counter() - t0, sum(_proc_cpu(p) for p in pids) - cpu0
@@ -168,6 +91,8 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
 
 def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
     import tensorflow as tf
+
+    from pipeline.data.manifest import CuratedDataset
 
     base_mb = _proc_status_mb(os.getpid(), "VmRSS")  # tensorflow imported
     res = 224
@@ -202,8 +127,9 @@ def _side_reference(args: argparse.Namespace, datasets: list[str]) -> dict:
 
     per_ds, sizes = [], []
     for name in datasets:
-        manifest = fs.read_json(fs.join(args.data, name, "1.0.0", "manifest.json"))
-        files = [fs.join(args.data, name, "1.0.0", s["file"]) for s in manifest["shards"]]
+        dataset = CuratedDataset(args.data, name)
+        manifest = dataset.manifest()
+        files = [url for url, _ in dataset.shards()]
         sizes.append(manifest["total_frames"])
         ds = tf.data.TFRecordDataset(files).repeat().map(parse, num_parallel_calls=tf.data.AUTOTUNE)
         per_ds.append(ds.flat_map(tf.data.Dataset.from_tensor_slices))
@@ -233,7 +159,7 @@ def bridge_scale_diversity(buffer_gib: float, *, batches: int = 200, batch: int 
     60,064 episodes of 25-46 frames (~2.1M frames, like bridge_orig), ~20 KB per encoded frame, the
     shuffle window our stream derives from ``buffer_gib`` (world size 1), 4 shards of 15,016 episodes.
     """
-    from pipeline.data.sampling import DatasetLayout, pass_order
+    from pipeline.data.stream.plan import DatasetLayout, pass_order
 
     rng = np.random.default_rng(seed)
     lengths = rng.integers(25, 47, size=60_064)
@@ -284,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
         side = _side_ours if args.side == "ours" else _side_reference
         print(json.dumps(side(args, DATASETS)))
         return 0
+    from pipeline.data.fixtures.curated import write_curated_dataset
+
     tmp = tempfile.mkdtemp(prefix="bench-stream-")
     try:
         args.data = tmp

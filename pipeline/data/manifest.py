@@ -1,12 +1,24 @@
-"""``manifest.json`` of a curated dataset, source fingerprints and content hashes.
+"""The curated output (the contract between curation and everything that reads it): one TFDS builder
+directory per dataset, its ``manifest.json``, and the content hashes that key it.
 
-Manifest layout (written last by curation: its presence means the dataset is complete)::
+Layout of a curated root (``vla curate out=ROOT``); :class:`CuratedDataset` is the one reader::
+
+    ROOT/<dataset>/<CURATED_VERSION>/
+        <dataset>-<split>.tfrecord-0000j-of-0000N   shards, features = curated_features(P)
+        dataset_info.json, features.json            TFDS metadata (tfds.builder_from_directory)
+        dataset_statistics.json                     {dataset: OpenVLA statistics}
+        quarantine.json                             what curation dropped, by reason
+        manifest.json                               written LAST: its presence means complete
+
+Manifest layout::
 
     {
       "format": 1, "dataset": "bridge_orig", "version": "1.0.0",
       "split": "train",
       "shards": [{"file": "bridge_orig-train.tfrecord-00000-of-00004", "episodes": 12,
-                  "frames": 371, "sha256": "..."}, ...],
+                  "frames": 371, "sha256": "...",
+                  "index": {"offsets": [...], "sizes": [...], "frames": [...]}  # optional, per record
+                  }, ...],
       "total_episodes": int, "total_frames": int,
       "source": {"url": ..., "fingerprint": "<sha256>", "shards": [{"file", "bytes", "episodes"}]},
       "code_version": "0.1.0", "standardization_version": "oxe-std-1",
@@ -22,35 +34,100 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline import fs
+from pipeline.errors import UserError
 
 __all__ = [
     "CURATED_VERSION",
     "MANIFEST_NAME",
-    "curated_dir",
+    "STATISTICS_NAME",
+    "QUARANTINE_NAME",
+    "CuratedDataset",
+    "curated_features",
     "content_hash",
     "source_fingerprint",
-    "read_manifest",
-    "curated_counts",
-    "shard_name",
 ]
 
 CURATED_VERSION = "1.0.0"
 MANIFEST_NAME = "manifest.json"
+STATISTICS_NAME = "dataset_statistics.json"
+QUARANTINE_NAME = "quarantine.json"
 
 
-def curated_dir(out: str, dataset: str) -> str:
-    return fs.join(out, dataset, CURATED_VERSION)
+def curated_features(proprio_dim: int) -> dict:
+    """Type-string tree of the curated schema (contracts.md "Curated dataset")."""
+    return {
+        "steps": {
+            "observation": {"image_primary": "string", "image_secondary": "string", "image_wrist": "string",
+                            "proprio": f"Tensor({proprio_dim},) float32"},
+            "action": "Tensor(7,) float32",
+            "language_instruction": "Text",
+            "is_first": "bool", "is_last": "bool", "is_terminal": "bool",
+        },
+        "episode_metadata": {"dataset_name": "Text", "episode_id": "Text", "source_file": "Text",
+                             "source_index": "Tensor() int64"},
+    }
 
 
-def shard_name(dataset: str, split: str, index: int, total: int) -> str:
-    return f"{dataset}-{split}.tfrecord-{index:05d}-of-{total:05d}"
+@dataclass(frozen=True)
+class CuratedDataset:
+    """Dataset ``name`` of the curated root ``root`` (local or gs://), as curation wrote it."""
+
+    root: str
+    name: str
+
+    @property
+    def url(self) -> str:
+        """The builder directory ``<root>/<name>/<CURATED_VERSION>``."""
+        return fs.join(self.root, self.name, CURATED_VERSION)
+
+    def file(self, name: str) -> str:
+        return fs.join(self.url, name)
+
+    def read_manifest(self) -> dict | None:
+        """The manifest, or None while the dataset is not (completely) curated."""
+        url = self.file(MANIFEST_NAME)
+        return fs.read_json(url) if fs.exists(url) else None
+
+    def is_curated(self) -> bool:
+        return fs.exists(self.file(MANIFEST_NAME))
+
+    def manifest(self) -> dict:
+        manifest = self.read_manifest()
+        if manifest is None:
+            raise UserError(f"{self.file(MANIFEST_NAME)} not found: dataset '{self.name}' is not curated "
+                            f"(run `vla curate out={self.root}`)")
+        return manifest
+
+    def shards(self, split: str = "train") -> list[tuple[str, dict]]:
+        """``(url, manifest entry)`` of every shard of ``split``, in manifest order."""
+        shards = [(self.file(s["file"]), s) for s in self.manifest().get("shards", [])
+                  if f"-{split}.tfrecord-" in s["file"]]
+        if not shards:
+            raise UserError(f"{self.file(MANIFEST_NAME)}: no '{split}' shards listed for dataset '{self.name}'")
+        return shards
+
+    def counts(self) -> tuple[int, int] | None:
+        """``(frames, episodes)`` from the manifest (None when not curated)."""
+        manifest = self.read_manifest()
+        if manifest is None:
+            return None
+        return int(manifest["total_frames"]), int(manifest["total_episodes"])
+
+    def statistics(self) -> dict:
+        """``dataset_statistics.json``: ``{name: OpenVLA statistics}``."""
+        url = self.file(STATISTICS_NAME)
+        try:
+            return fs.read_json(url)
+        except FileNotFoundError:
+            raise UserError(f"{url} not found: curate the dataset first (it writes {STATISTICS_NAME})") from None
 
 
 def content_hash(*parts: Any) -> str:
-    """sha256 of the canonical JSON of ``parts`` (dict keys sorted)."""
+    """sha256 of the canonical JSON of ``parts`` (dict keys sorted; non-JSON values by ``str``)."""
     text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -68,16 +145,3 @@ def source_fingerprint(builder_dir: str, shard_urls: list[str]) -> tuple[str, li
         shards.append({"file": name, "bytes": size})
     digest = content_hash(hashlib.sha256(info).hexdigest(), shards)
     return digest, shards
-
-
-def read_manifest(dataset_dir: str) -> dict | None:
-    url = fs.join(dataset_dir, MANIFEST_NAME)
-    return fs.read_json(url) if fs.exists(url) else None
-
-
-def curated_counts(curated: str, dataset: str) -> tuple[int, int] | None:
-    """``(frames, episodes)`` of a curated dataset from its manifest (None when not curated)."""
-    manifest = read_manifest(curated_dir(curated, dataset))
-    if manifest is None:
-        return None
-    return int(manifest["total_frames"]), int(manifest["total_episodes"])

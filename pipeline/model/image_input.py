@@ -4,7 +4,7 @@
     frames = pre.frames([camera_rgb, jpeg_bytes])          # uint8 [B, H, W, 3] (CPU, PIL Lanczos)
     pixels = pixels_from_uint8(torch.from_numpy(frames).to(device), torch.bfloat16)   # [B, 3, H, W]
 
-The resize is :func:`pipeline.data.frames.prepare_image`, the stream's own decode + Lanczos resize,
+The resize is :func:`pipeline.data.stream.frames.prepare_image`, the stream's own decode + Lanczos resize,
 so a frame gives the same uint8 pixels in training and at inference. The scale to [0, 1] multiplies
 by float32(1/255) as the stream does, so the float pixels are bit-identical too. On a GPU only
 that scale (and each vision tower's normalization) runs on the device: the resize stays in PIL on
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline import fs
-from pipeline.data.frames import prepare_image
+from pipeline.data.stream.frames import prepare_image
 from pipeline.errors import UserError
 from pipeline.model.pretrained import TRAIN_CONFIG_FILE
 

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pipeline.config import helpfield
-from pipeline.data.stream import StreamConfig
+from pipeline.data.manifest import CURATED_VERSION
+from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
@@ -36,11 +37,11 @@ __all__ = [
 @dataclass(kw_only=True)
 class DataConfig:
     """Where the training data comes from (curated mixture or synthetic) and the text tokenizer; the
-    stream's own knobs are the ``stream`` section (:class:`pipeline.data.stream.StreamConfig`, checked
-    by the stream). The per-rank batch is ``per_device_batch``."""
+    stream's own knobs are the ``stream`` section (``pipeline.data.stream.training_stream.StreamConfig``,
+    checked by the stream). The per-rank batch is ``per_device_batch``."""
 
     source: str = helpfield("stream", "stream (curated data) | synthetic (tests, benchmarks)")
-    data_root: str = helpfield("curated", "curated output root (local dir or gs://), holds <dataset>/1.0.0/")
+    data_root: str = helpfield("curated", f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
     mixture: str = helpfield("demo", "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
     tokenizer: str = helpfield("demo", "demo (offline BPE) or an HF tokenizer dir URL (local or gs://)")
     seed: int = helpfield(-1, "data order/augmentation seed (-1: the run seed)")

@@ -32,7 +32,7 @@ from typing import Any
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
-from pipeline.data.stream import StreamConfig
+from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.train.config import DataConfig, TrainConfig
 from pipeline.train.lora import LoRAConfig

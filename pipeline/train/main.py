@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import fs
 from pipeline.config import to_yaml
@@ -26,6 +26,9 @@ from pipeline.train.parallel import ParallelDims
 
 __all__ = ["train", "run_train", "main", "rank_main", "resolve_model_init", "shard_model", "validate", "under_torchrun",
            "TrainRecipe"]
+
+if TYPE_CHECKING:
+    from pipeline.data.mixture.files import Mixture
 
 log = logging.getLogger("pipeline.train")
 
@@ -43,8 +46,9 @@ def under_torchrun() -> bool:
 
 
 # -- validation (no writes) --------------------------------------------------------------------------
-def validate(cfg: TrainConfig, world_size: int) -> int:
-    """Check user input before anything is written; returns the grad-accumulation steps."""
+def validate(cfg: TrainConfig, world_size: int) -> tuple[int, Mixture | None]:
+    """Check user input before anything is written; returns the grad-accumulation steps and the data
+    mixture, parsed once for the stream (None for synthetic data)."""
     from pipeline import storage
 
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
@@ -53,8 +57,7 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
     for key, url, writable in (("run_dir", cfg.run_dir, True), ("checkpoint.dir", cfg.checkpoint_root, True),
                                ("data.data_root", data_root, False), ("resume", cfg.resume, False), *weights):
         storage.check_location(key, url, writable=writable)
-    if cfg.data.source == "stream":
-        _check_data(cfg)
+    mixture = _check_data(cfg) if cfg.data.source == "stream" else None
     ParallelDims(world_size=world_size, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size)  # checks only
     storage.check_reachable("checkpoint.dir", cfg.checkpoint_root)
     if cfg.resume not in ("auto", "none"):
@@ -65,11 +68,13 @@ def validate(cfg: TrainConfig, world_size: int) -> int:
         latest = find_latest(cfg.checkpoint_root)
         if latest:
             check_model_compatible(latest, cfg.model)
-    return accum
+    return accum, mixture
 
 
-def _check_data(cfg: TrainConfig) -> None:
-    from pipeline.data.mixtures import load_mixture
+def _check_data(cfg: TrainConfig) -> Mixture:
+    """The parsed mixture; UserError when the curated root or a weighted dataset's curation is missing."""
+    from pipeline.data.manifest import CuratedDataset
+    from pipeline.data.mixture.files import load_mixture
 
     root = cfg.data.data_root
     try:
@@ -79,11 +84,11 @@ def _check_data(cfg: TrainConfig) -> None:
     if not root_exists:
         raise UserError(f"data.data_root={root}: curated data not found (run `vla curate out={root}`)")
     mixture = load_mixture(cfg.data.mixture)
-    missing = [n for n, w in mixture.datasets.items()
-               if w > 0 and not fs.exists(fs.join(root, n, "1.0.0", "dataset_statistics.json"))]
+    missing = [n for n in mixture.active() if not CuratedDataset(root, n).is_curated()]
     if missing:
         raise UserError(f"data.mixture={cfg.data.mixture}: datasets not curated under {root}: "
                         f"{', '.join(missing)} (run `vla curate mixture={cfg.data.mixture} out={root}`)")
+    return mixture
 
 
 def _check_checkpoint(url: str, cfg: TrainConfig) -> None:
@@ -148,16 +153,17 @@ def build_tokenizer(cfg: TrainConfig) -> Any:
 
 
 def build_stream(cfg: TrainConfig, *, prompt_builder: Any, pad_id: int, rank: int, world: int,
-                 image_size: int) -> Any:
+                 image_size: int, mixture: Mixture | None = None) -> Any:
+    """The synthetic stream, or the TrainingStream of ``mixture`` (the one ``validate`` parsed)."""
     if cfg.data.source == "synthetic":
         from pipeline.train.synthetic import SyntheticStream
 
         return SyntheticStream(prompt_builder=prompt_builder, pad_id=pad_id, batch_size=cfg.per_device_batch,
                                rank=rank, world_size=world, seed=cfg.data.run_seed(cfg.seed),
                                image_size=cfg.data.resolution or image_size, num_tasks=cfg.data.synthetic_tasks)
-    from pipeline.data.stream import TrainingStream
+    from pipeline.data.stream.training_stream import TrainingStream
 
-    return TrainingStream(cfg.data.stream, data_root=cfg.data.data_root, mixture=cfg.data.mixture,
+    return TrainingStream(cfg.data.stream, data_root=cfg.data.data_root, mixture=mixture,
                           batch_size=cfg.per_device_batch, seed=cfg.data.run_seed(cfg.seed),
                           resolution=cfg.data.resolution or image_size, rank=rank, world_size=world,
                           prompt_builder=prompt_builder, pad_id=pad_id)
@@ -169,9 +175,11 @@ def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
         ident = {"mean": [0.0] * 7, "std": [1.0] * 7, "min": [-1.0] * 7, "max": [1.0] * 7,
                  "q01": [-1.0] * 7, "q99": [1.0] * 7, "mask": [True] * 7}
         return {n: {"action": ident, "num_transitions": 0, "num_trajectories": 0} for n in names}
+    from pipeline.data.manifest import CuratedDataset
+
     out: dict = {}
     for name in names:
-        out.update(fs.read_json(fs.join(cfg.data.data_root, name, "1.0.0", "dataset_statistics.json")))
+        out.update(CuratedDataset(cfg.data.data_root, name).statistics())
     return out
 
 
@@ -288,20 +296,21 @@ def train(cfg: TrainConfig, recipe: TrainRecipe | None = None) -> dict:
     device = resolve_device(cfg.device)
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     cfg = resolve_model_init(cfg)
-    accum = validate(cfg, world)  # before the process group exists and before any write
+    accum, mixture = validate(cfg, world)  # before the process group exists and before any write
     hooks = build_hooks(cfg.debug)
     created = init_distributed(device)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        return _train(cfg, device, accum, recipe or TrainRecipe(), hooks)
+        return _train(cfg, device, accum, recipe or TrainRecipe(), hooks, mixture)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks: Any) -> dict:
+def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks: Any,
+           mixture: Mixture | None) -> dict:
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
     from pipeline.train.hooks import RunInfo
@@ -320,7 +329,7 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
     model = recipe.model(cfg, tokenizer, device, dims.mesh)
     image_size = model.config.image_size
     stream = build_stream(cfg, prompt_builder=builder, pad_id=tokenizer.pad_token_id, rank=rank, world=world,
-                          image_size=image_size)
+                          image_size=image_size, mixture=mixture)
     names = list(stream.dataset_names)
     optimizer = build_optimizer(model, cfg.optim)
     state = TrainState(build_scheduler(optimizer, cfg.optim, cfg.stop.max_steps), MovingAverage(cfg.stop.window))

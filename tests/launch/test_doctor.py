@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 from launch_helpers import REPO
@@ -80,7 +81,9 @@ def test_gcs_run_dir_probe(gcs_bucket, no_collective):
 
 
 def _curate_fake(root, name: str, *, stats: bool = True, shard: bool = True) -> None:
-    d = root / name / "1.0.0"
+    from pipeline.data.manifest import CuratedDataset
+
+    d = Path(CuratedDataset(str(root), name).url)
     d.mkdir(parents=True)
     shard_name = f"{name}-train.tfrecord-00000-of-00001"
     if shard:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.data.frames import AugmentParams, crop_box, decode_batch, decode_resize, process_frame
+from pipeline.data.stream.decode_pool import decode_batch
+from pipeline.data.stream.frames import AugmentParams, crop_box, decode_resize, process_frame
 from pipeline.errors import UserError
 from pipeline.model.image_input import TRAIN_CONFIG_FILE, ImagePreprocess, pixels_from_uint8
 

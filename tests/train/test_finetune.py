@@ -45,8 +45,7 @@ def _jpeg(rgb: tuple, rng: np.random.Generator, size: int = 32) -> bytes:
 
 def write_new_robot_dataset(root: str, episodes_per_task: int = 2, length: int = 8) -> dict:
     """A curated-format dataset (contracts.md) at ``<root>/NEW/1.0.0``; returns its statistics."""
-    from pipeline.data.curate_tasks import curated_features
-    from pipeline.data.rlds import write_shard
+    from pipeline.data.fixtures.curated import write_curated_episodes
 
     rng = np.random.default_rng(0)
     episodes = []
@@ -62,25 +61,7 @@ def write_new_robot_dataset(root: str, episodes_per_task: int = 2, length: int =
                  "is_terminal": np.arange(length) == length - 1}
         meta = {"dataset_name": NEW, "episode_id": f"{NEW}-{e:05d}", "source_file": "byod", "source_index": np.int64(e)}
         episodes.append({"steps": steps, "episode_metadata": meta})
-    url = fs.join(root, NEW, "1.0.0")
-    file = f"{NEW}-train.tfrecord-00000-of-00001"
-    shard = write_shard(fs.join(url, file), episodes, curated_features(8))
-    actions = np.concatenate([ep["steps"]["action"] for ep in episodes])
-    proprio = np.concatenate([ep["steps"]["observation"]["proprio"] for ep in episodes])
-
-    def block(x: np.ndarray) -> dict:
-        return {"mean": x.mean(0).tolist(), "std": x.std(0).tolist(), "min": x.min(0).tolist(),
-                "max": x.max(0).tolist(), "q01": np.quantile(x, 0.01, 0).tolist(),
-                "q99": np.quantile(x, 0.99, 0).tolist()}
-
-    stats = {NEW: {"action": block(actions) | {"mask": [True] * 6 + [False]}, "proprio": block(proprio),
-                   "num_transitions": len(actions), "num_trajectories": len(episodes)}}
-    fs.write_json(fs.join(url, "dataset_statistics.json"), stats)
-    fs.write_json(fs.join(url, "manifest.json"), {
-        "format": 1, "dataset": NEW, "version": "1.0.0", "split": "train",
-        "shards": [{"file": file, "episodes": shard.num_episodes, "frames": shard.num_frames, "sha256": shard.sha256}],
-        "total_episodes": len(episodes), "total_frames": len(actions)})
-    return stats
+    return write_curated_episodes(root, NEW, episodes)
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +275,7 @@ def _keys(path: str) -> list[str]:
 def test_bring_your_own_robot_reach_and_pick(base, tmp_path):
     """The full BYOD path: the registered made-up robot (raw RLDS in its own conventions -> Ray curation),
     image-dependent actions (reach and pick scenes): LoRA rank 8 on the LLM + projector reaches 0.95."""
-    from pipeline.data.byod import DEMO_ROBOT, make_demo_robot_dataset
+    from pipeline.data.fixtures.byod import DEMO_ROBOT, make_demo_robot_dataset
     from pipeline.model.inference import load_policy
     from pipeline.train.finetune import export_merged, finetune
 

@@ -45,8 +45,13 @@ def test_missing_curated_data(tmp_path, capsys):
 
 def test_mixture_names_uncurated_datasets(tmp_path, capsys):
     root = tmp_path / "curated"
-    (root / "bridge_orig" / "1.0.0").mkdir(parents=True)
-    (root / "bridge_orig" / "1.0.0" / "dataset_statistics.json").write_text("{}")
+    from pipeline.data.manifest import MANIFEST_NAME, STATISTICS_NAME, CuratedDataset
+
+    curated = CuratedDataset(str(root), "bridge_orig")
+    os.makedirs(curated.url)
+    for name in (STATISTICS_NAME, MANIFEST_NAME):  # the manifest is written last: bridge_orig is complete
+        with open(curated.file(name), "w") as f:
+            f.write("{}")
     code, err = _run(capsys, ["train", f"run_dir={tmp_path / 'run'}", f"data.data_root={root}", "data.mixture=demo"])
     _assert_one_line_error(code, err, "not curated", "fractal20220817_data", "taco_play")
     assert "bridge_orig" not in err[0].split("not curated")[1]

@@ -71,11 +71,6 @@ def plan_action(plan: dict) -> np.ndarray:
     return np.asarray(plan["action"], F32).reshape(-1, 7)
 
 
-def grip_col(plan: dict) -> np.ndarray:
-    """Canonical action gripper float32[T] (1 open)."""
-    return plan_action(plan)[:, 6]
-
-
 def pose6(plan: dict) -> np.ndarray:
     """Planned EEF pose float32[T, 6] = xyz + rpy."""
     return np.concatenate(

@@ -41,7 +41,7 @@ import numpy as np
 import yaml
 
 from pipeline.data import schema
-from pipeline.data.features import FeatureSpec, SequenceSpec, parse_type_tree, to_type_tree
+from pipeline.data.io.features import FeatureSpec, SequenceSpec, parse_type_tree, to_type_tree
 from pipeline.data.oxe import user_blocks as ub
 from pipeline.data.oxe.spec import ACTION_ENCODINGS, STATE_ENCODINGS, DatasetSpec, lookup, resolve
 from pipeline.data.oxe.user_spec import SLICE, block_defaults, kind, numel, spec_from_entry
@@ -258,10 +258,10 @@ class _Validator:
                                        "(a TFDS builder directory)")
         inferred: dict = {}
         if has_i:
-            from pipeline.data import rlds
+            from pipeline.data.io.builder import open_builder
 
             try:
-                info = rlds.open_builder(str(self.d["infer_from"]))
+                info = open_builder(str(self.d["infer_from"]))
             except UserError as e:
                 raise self.err("infer_from", str(e)) from None
             tree = info.features
@@ -345,7 +345,7 @@ class _Validator:
         return leaf if isinstance(leaf, FeatureSpec) else None
 
     def _step_leaves(self) -> list[str]:
-        from pipeline.data.features import flatten_spec
+        from pipeline.data.io.features import flatten_spec
 
         return [k for k, f in flatten_spec(self.features).items() if f.in_sequence]
 

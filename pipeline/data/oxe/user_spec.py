@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.data.features import FeatureSpec, flatten_spec, parse_type_tree
+from pipeline.data.io.features import FeatureSpec, flatten_spec, parse_type_tree
 from pipeline.data.oxe import transforms as tf
 from pipeline.data.oxe import user_blocks as ub
 from pipeline.data.oxe.spec import DatasetSpec, Std, lookup, step

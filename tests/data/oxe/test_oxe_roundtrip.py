@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from _oxe_raw import from_synth
+from _oxe_raw import from_synth, num_steps
 
 from pipeline.data import schema
 from pipeline.data.oxe import MAGIC_SOUP_PLUS, get_spec, list_datasets
@@ -53,9 +53,8 @@ def test_roundtrip(name):
     np.testing.assert_allclose(ep["steps"]["action"], expected, atol=2e-6)
     assert len(ep["steps"]["action"]) == len(plan["action"])
     assert list(ep["steps"]["language_instruction"]) == [plan["instruction"]] * len(plan["action"])
-    raw_len = len(synth["action"]) if "action" in synth and not isinstance(synth["action"], dict) else None
-    if raw_len is not None:
-        assert raw_len == len(plan["action"]) + EXTRA_RAW_STEPS.get(name, 0)
+    raw_len = num_steps({k: v for k, v in synth.items() if k != "_episode"})
+    assert raw_len == len(plan["action"]) + EXTRA_RAW_STEPS.get(name, 0)
 
 
 def test_kuka_synthesis_is_zlib_and_successful():

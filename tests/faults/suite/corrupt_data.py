@@ -47,7 +47,7 @@ STREAM_FAULTS = {"stream_bad_jpeg": 0, "stream_flipped_bytes": 1, "stream_trunca
 
 # ------------------------------------------------------------------------------------------ byte surgery
 def _split_records(data: bytes) -> list[bytes]:
-    from pipeline.data.tfrecord import read_records
+    from pipeline.data.io.tfrecord import read_records
 
     return list(read_records(io.BytesIO(data)))
 
@@ -60,7 +60,7 @@ def _flip(framed: bytes, offset: int) -> bytes:
 
 
 def _without(record: bytes, key: str) -> bytes:
-    from pipeline.data.tfrecord import decode_example, encode_example
+    from pipeline.data.io.example import decode_example, encode_example
 
     ex = decode_example(record)
     del ex[key]
@@ -68,7 +68,7 @@ def _without(record: bytes, key: str) -> bytes:
 
 
 def _with_images(record: bytes, key: str, data: bytes) -> bytes:
-    from pipeline.data.tfrecord import decode_example, encode_example
+    from pipeline.data.io.example import decode_example, encode_example
 
     ex = decode_example(record)
     ex[key] = [data] * len(ex[key])
@@ -78,8 +78,10 @@ def _with_images(record: bytes, key: str, data: bytes) -> bytes:
 def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
     """Copy ``DATASET`` from ``raw`` to ``root`` as 3 shards with ``SOURCE_FAULTS``; returns kind -> (shard, record)."""
     from pipeline import fs
-    from pipeline.data.rlds import encode_episode, open_builder, read_episodes
-    from pipeline.data.tfrecord import frame_record
+    from pipeline.data.io.builder import open_builder, shard_filename
+    from pipeline.data.io.rlds_reader import read_episodes
+    from pipeline.data.io.rlds_writer import encode_episode
+    from pipeline.data.io.tfrecord import frame_record
 
     src = open_builder(fs.join(raw, DATASET))
     eps = [e for s in src.splits["train"] for e in read_episodes(s.url, src.features)]
@@ -100,7 +102,7 @@ def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
             framed[where["flipped_bytes"][1]] = _flip(framed[where["flipped_bytes"][1]], len(records[0]) // 2)
         if where["truncated_shard"][0] == i:
             framed[-1] = framed[-1][: len(framed[-1]) // 2]
-        name = f"{DATASET}-train.tfrecord-{i:05d}-of-{len(shards):05d}"
+        name = shard_filename(DATASET, "train", i, len(shards))
         fs.write_bytes(fs.join(out_dir, name), b"".join(framed))
         names.append(name)
     info = fs.read_json(fs.join(src.url, "dataset_info.json"))
@@ -112,7 +114,7 @@ def make_faulty_source(raw: str, root: str) -> dict[str, tuple[str, int]]:
 
 def corrupt_curated(shard_paths: list[str], kinds: tuple[str, ...]) -> dict[str, tuple[str, int]]:
     """Apply ``STREAM_FAULTS`` of ``kinds`` to local curated shards; returns kind -> (shard, record)."""
-    from pipeline.data.tfrecord import frame_record
+    from pipeline.data.io.tfrecord import frame_record
 
     done = {}
     for kind in kinds:
@@ -138,8 +140,9 @@ def corrupt_curated(shard_paths: list[str], kinds: tuple[str, ...]) -> dict[str,
 # ------------------------------------------------------------------------------------------ part 1
 def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str:
     from pipeline.config import load_config
-    from pipeline.data.curate import CurateConfig, curate
-    from pipeline.data.rlds import open_builder
+    from pipeline.data.curate.job import CurateConfig, curate
+    from pipeline.data.io.builder import open_builder
+    from pipeline.data.manifest import CuratedDataset
     from tests.faults.suite.curation_kill import ray_session
 
     faulty = ctx.path("faulty")
@@ -152,7 +155,7 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
     with ray_session():
         [res] = curate(load_config(CurateConfig, [f"mixture={mixture}", f"source={faulty}", f"out={out}",
                                                   "progress=false", "num_shards=3"]))
-    ddir = os.path.join(out, DATASET, "1.0.0")
+    ddir = CuratedDataset(out, DATASET).url
     with open(os.path.join(ddir, "quarantine.json")) as fh:
         q = json.load(fh)
     reasons = {k: v["episodes"] for k, v in q["reasons"].items()}
@@ -192,16 +195,17 @@ class _Builder:
 
 def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], int]:
     """One epoch of the training stream: (stats, warnings, batches); raises if the stream does."""
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import load_mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     handler = WarningLines()
-    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.rlds")]
+    loggers = [logging.getLogger("pipeline.stream"), logging.getLogger("pipeline.data.io")]
     for lg in loggers:
         lg.addHandler(handler)
     try:
         cfg = StreamConfig(num_workers=0, buffer_bytes=2**20, index_cache_dir=cache, io_threads=2)
-        with TrainingStream(cfg, data_root=out, mixture=mixture, batch_size=2, seed=0, resolution=16, rank=0,
-                            world_size=1, prompt_builder=_Builder(), pad_id=0) as stream:
+        with TrainingStream(cfg, data_root=out, mixture=load_mixture(mixture), batch_size=2, seed=0, resolution=16,
+                            rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0) as stream:
             steps = stream.epoch_length() // stream.batch_size
             for _ in range(steps):
                 batch = next(stream)
@@ -213,16 +217,17 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
 
 
 def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
-    from pipeline.data.stream import CuratedSource
+    from pipeline.data.manifest import CuratedDataset
+    from pipeline.data.stream.source import CuratedSource
 
-    ddir = os.path.join(out, DATASET, "1.0.0")
+    ddir = CuratedDataset(out, DATASET).url
     with open(os.path.join(ddir, "manifest.json")) as fh:
         manifest = json.load(fh)
     paths = [os.path.join(ddir, s["file"]) for s in manifest["shards"]]
     mixture = ctx.path("corrupt_mix.yaml")
     warm = ctx.path("index_before")
     injected = corrupt_curated(paths, ("stream_bad_jpeg",))  # changes record sizes: before the index
-    src = CuratedSource(out, DATASET, index_cache_dir=warm)  # index built before the other faults
+    src = CuratedSource(CuratedDataset(out, DATASET), index_cache_dir=warm)  # index built before the other faults
     lengths = {os.path.basename(u): f.tolist() for u, f in zip(src.shard_urls, src.layout.frames)}
     injected.update(corrupt_curated(paths, ("stream_flipped_bytes", "stream_truncated_shard")))
     runs = {}
@@ -261,7 +266,7 @@ def _stream_trials(ctx: FaultContext, result: ScenarioResult, out: str) -> None:
 
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline.config import load_config
-    from pipeline.data.fixtures import FixtureConfig, run_fixture
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 
     result = ScenarioResult(scenario="corrupt_data")
     raw = ctx.path("raw")

@@ -42,7 +42,9 @@ DATASETS = ("bridge_orig", "taco_play")
 
 
 def _ddir(out: str, name: str) -> str:
-    return os.path.join(out, name, "1.0.0")
+    from pipeline.data.manifest import CuratedDataset
+
+    return CuratedDataset(out, name).url
 
 
 def _has(path: str, prefix: str, suffix: str = "") -> bool:
@@ -70,7 +72,7 @@ QUICK_POINTS = ("mid_shard_writes",)
 def make_sources(root: str, datasets: tuple[str, ...] = DATASETS, episodes: int = 9, shards: int = 3) -> tuple[str, str]:
     """Fixture datasets under ``root/raw`` and a mixture YAML of them; returns (raw root, mixture path)."""
     from pipeline.config import load_config
-    from pipeline.data.fixtures import FixtureConfig, run_fixture
+    from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 
     raw = os.path.join(root, "raw")
     with contextlib.redirect_stdout(io.StringIO()):  # its table would mix with the JSON lines
@@ -146,7 +148,8 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
     """Files under a final name that are not complete (checked right after a kill)."""
     import json
 
-    from pipeline.data.tfrecord import CorruptRecordError, read_records
+    from pipeline.data.io.errors import CorruptRecordError
+    from pipeline.data.io.tfrecord import read_records
 
     problems = []
     for name in names:
@@ -210,7 +213,7 @@ class ray_session:
 
 def _curate(args: list[str]) -> list[str]:
     from pipeline.config import load_config
-    from pipeline.data.curate import CurateConfig, curate
+    from pipeline.data.curate.job import CurateConfig, curate
 
     return [r["status"] for r in curate(load_config(CurateConfig, args[1:]))]
 

@@ -82,17 +82,15 @@ def prepare_data(ctx: FaultContext, episodes: int = 3) -> tuple[str, str, int]:
     with open(mixture, "w") as f:
         f.write("name: fault_rank_kill\ndescription: two fixture datasets, each frame once per epoch\n"
                 "balance_by_size: true\ndatasets:\n" + "".join(f"  {n}: 1.0\n" for n in DATASETS))
-    manifests = [os.path.join(curated, n, "1.0.0", "manifest.json") for n in DATASETS]
-    if not all(os.path.exists(m) for m in manifests):
+    from pipeline.data.manifest import CuratedDataset
+
+    if not all(CuratedDataset(curated, n).is_curated() for n in DATASETS):
         raw, log = os.path.join(base, "raw"), os.path.join(base, "prepare.log")
         _cli(["fixture", f"out={raw}", f"datasets=[{','.join(DATASETS)}]", f"episodes={episodes}", "steps=6-8",
               "image_size=16", "shards=1", f"seed={ctx.seed}"], log)
         _cli(["curate", f"mixture={mixture}", f"source={raw}", f"out={curated}", "progress=false",
               "ray.num_cpus=2"], log)
-    frames = 0
-    for m in manifests:
-        with open(m) as f:
-            frames += int(json.load(f)["total_frames"])
+    frames = sum(CuratedDataset(curated, n).counts()[0] for n in DATASETS)
     return curated, mixture, frames
 
 

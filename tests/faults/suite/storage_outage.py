@@ -240,8 +240,8 @@ def _prompt_builder(sample: dict) -> dict:
 
 
 def _stream(root: str, tmp: str, batch: int):
-    from pipeline.data.mixtures import Mixture
-    from pipeline.data.stream import StreamConfig, TrainingStream
+    from pipeline.data.mixture.files import Mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
     cfg = StreamConfig(num_workers=0, index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20,
                        prefetch_batches=1, io_threads=2)
@@ -377,7 +377,7 @@ def _train_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, *, outage_
 
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline import fs
-    from pipeline.bench.stream import write_curated_dataset
+    from pipeline.data.fixtures.curated import write_curated_dataset
     from tests.support.gcs_emulator import GcsEmulator
 
     result = ScenarioResult(scenario="storage_outage")

@@ -1,0 +1,1 @@
+"""Dataset mixtures: the YAML files curators edit, and ``vla mixture show | diff``."""
