@@ -22,7 +22,7 @@ DEMO_DATASETS = "[bridge_orig,fractal20220817_data,taco_play]"
 TRAIN_ARGS = [
     "nproc=2", "per_device_batch=8", "global_batch=16", "optim.lr=1e-3", "optim.schedule=warmup_cosine",
     "optim.warmup_steps=50", "optim.decay_steps=1500", "optim.min_lr_ratio=0.01", "stop.max_steps=1500",
-    "checkpoint.save_every=50", "checkpoint.keep_last=0",
+    "checkpoint.save_every=50", "checkpoint.keep_last=0", "eval.every_steps=25",
 ]
 RESUME_STEPS = 10
 
@@ -114,7 +114,7 @@ def main() -> int:
     _banner("2/7 read back through the registry + standardization")
     vla("inspect", f"data={all_raw}", "datasets=all")
     _banner("3/7 Ray curation of the demo mixture (fixtures with more episodes for training)")
-    vla("fixture", f"out={raw}", f"datasets={DEMO_DATASETS}", "episodes=8", "image_size=64", "seed=0")
+    vla("fixture", f"out={raw}", f"datasets={DEMO_DATASETS}", "episodes=24", "image_size=64", "seed=0")
     vla("curate", "mixture=demo", f"source={raw}", f"out={curated}")
     vla("mixture", "show", "demo", f"curated={curated}", "steps=1500", "global_batch=16")
     _banner("4/7 training stream: a few hundred batches")
@@ -127,6 +127,7 @@ def main() -> int:
     vla("plot", f"run_dir={run_dir}")
     result = {
         "final_action_accuracy": summary.get("final_action_accuracy"),
+        "last_validation": summary.get("last_validation"),
         "steps": summary.get("steps"),
         "stop_reason": summary.get("stop_reason"),
         "run_dir": run_dir,

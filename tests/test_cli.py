@@ -11,7 +11,7 @@ import pytest
 from pipeline.cli import VERBS, _resolve, main
 from pipeline.config import flat_keys
 
-_TRAIN_KEYS = ["checkpoint", "data", "debug", "deterministic", "device", "fsdp", "global_batch", "metrics", "model",
+_TRAIN_KEYS = ["checkpoint", "data", "debug", "deterministic", "device", "eval", "fsdp", "global_batch", "metrics", "model",
                "nproc", "optim", "per_device_batch", "resume", "run_dir", "seed", "stop"]
 _LAUNCH_KEYS = ["backend", "doctor", "dry_run", "gpus_per_node", "job_name", "kuberay", "nodes", "ray", "slurm",
                 "torchrun", "train"]

@@ -221,7 +221,7 @@ def _serve_overhead(policy: Any, frame: np.ndarray, requests: int) -> dict:
 # -- agreement on the demo model ------------------------------------------------------------------
 def _scene_frames(n: int, seed: int, size: int = 112) -> tuple[list[np.ndarray], list[str], np.ndarray]:
     """``n`` (primary image, instruction, normalized expert action float32[7]) from fixture scenes."""
-    from pipeline.data.fixtures.scene import STEP_M, plan_scene, render_rgb, scene_actions
+    from pipeline.data.fixtures.scene import ACTION_SCALE, plan_scene, render_rgb, scene_actions
 
     rng = np.random.default_rng(seed)
     images, instr, actions = [], [], []
@@ -231,15 +231,16 @@ def _scene_frames(n: int, seed: int, size: int = 112) -> tuple[list[np.ndarray],
         for t in range(scene.num_steps):
             images.append(render_rgb(scene, t, size, size))
             instr.append(scene.instruction)
-            actions.append(acts[t] / np.array([STEP_M] * 3 + [1.0] * 4, np.float32))
+            actions.append(acts[t] / ACTION_SCALE)  # each movement level -> +-1
     return images[:n], instr[:n], np.stack(actions[:n]).astype(np.float32)
 
 
 def _demo_stats() -> dict:
-    from pipeline.data.fixtures.scene import STEP_M
+    from pipeline.data.fixtures.scene import ACTION_SCALE
 
-    return {"demo_scene": {"action": {"q01": [-STEP_M] * 3 + [-1.0] * 3 + [0.0],
-                                      "q99": [STEP_M] * 3 + [1.0] * 3 + [1.0], "mask": [True] * 6 + [False]},
+    scale = [float(v) for v in ACTION_SCALE[:6]]
+    return {"demo_scene": {"action": {"q01": [-v for v in scale] + [0.0],
+                                      "q99": scale + [1.0], "mask": [True] * 6 + [False]},
                            "num_transitions": 0, "num_trajectories": 0}}
 
 

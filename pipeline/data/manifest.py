@@ -13,18 +13,23 @@ Layout of a curated root (``vla curate out=ROOT``); :class:`CuratedDataset` is t
 Manifest layout::
 
     {
-      "format": 1, "dataset": "bridge_orig", "version": "1.0.0",
-      "split": "train",
+      "format": 2, "dataset": "bridge_orig", "version": "1.0.0",
+      "split": "train",                                   # shards / totals: the TRAINING split
       "shards": [{"file": "bridge_orig-train.tfrecord-00000-of-00004", "episodes": 12,
                   "frames": 371, "sha256": "...",
                   "index": {"offsets": [...], "sizes": [...], "frames": [...]}  # optional, per record
                   }, ...],
       "total_episodes": int, "total_frames": int,
+      "validation": {"split": "val", "source": "val" | "train[95%:]", "shards": [...],
+                     "total_episodes": int, "total_frames": int},
+      "source_splits": {"train": {"episodes": int, "use": "..."}, "test": {...}, ...},
+      "statistics": {"computed_on": "...", "num_transitions": int, "num_trajectories": int},
       "source": {"url": ..., "fingerprint": "<sha256>", "shards": [{"file", "bytes", "episodes"}]},
       "code_version": "0.1.0", "standardization_version": "oxe-std-1",
       "config": {...curation knobs...}, "config_hash": "<sha256>",
       "stats_key": "<sha256 of source fingerprint + standardization version + filter config>",
-      "proprio_dim": int, "quarantine": {"episodes_dropped": int, "frames_dropped": int}
+      "proprio_dim": int,
+      "quarantine": {"episodes_dropped": int, "frames_dropped": int, "episodes_held_out": int}
     }
 
 No timestamps or host names: an interrupted and resumed run writes a byte-identical manifest.
@@ -103,19 +108,21 @@ class CuratedDataset:
         return manifest
 
     def shards(self, split: str = "train") -> list[tuple[str, dict]]:
-        """``(url, manifest entry)`` of every shard of ``split``, in manifest order."""
-        shards = [(self.file(s["file"]), s) for s in self.manifest().get("shards", [])
-                  if f"-{split}.tfrecord-" in s["file"]]
+        """``(url, manifest entry)`` of every shard of ``split`` (``train`` or ``val``), in manifest order."""
+        manifest = self.manifest()
+        listed = [*manifest.get("shards", []), *manifest.get("validation", {}).get("shards", [])]
+        shards = [(self.file(s["file"]), s) for s in listed if f"-{split}.tfrecord-" in s["file"]]
         if not shards:
             raise UserError(f"{self.file(MANIFEST_NAME)}: no '{split}' shards listed for dataset '{self.name}'")
         return shards
 
-    def counts(self) -> tuple[int, int] | None:
-        """``(frames, episodes)`` from the manifest (None when not curated)."""
+    def counts(self, split: str = "train") -> tuple[int, int] | None:
+        """``(frames, episodes)`` of ``split`` from the manifest (None when not curated)."""
         manifest = self.read_manifest()
         if manifest is None:
             return None
-        return int(manifest["total_frames"]), int(manifest["total_episodes"])
+        entry = manifest if split == "train" else manifest.get("validation", {})
+        return int(entry.get("total_frames", 0)), int(entry.get("total_episodes", 0))
 
     def statistics(self) -> dict:
         """``dataset_statistics.json``: ``{name: OpenVLA statistics}``."""

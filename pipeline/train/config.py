@@ -1,9 +1,9 @@
 """``TrainConfig``: the typed config tree of ``vla train`` (omegaconf structured dataclasses).
 
 Sections: ``model`` (VLAConfig), ``data`` (with ``data.stream``), ``optim``, ``fsdp``,
-``checkpoint``, ``stop``, ``metrics``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``,
-``nproc``, batch sizes. Sections compose (no config inherits another); each checks its values in
-``__post_init__`` and raises ConfigError, which the loader reports with the full key.
+``checkpoint``, ``stop``, ``metrics``, ``eval``, ``debug``; top level: ``run_dir``, ``seed``,
+``resume``, ``nproc``, batch sizes. Sections compose (no config inherits another); each checks its
+values in ``__post_init__`` and raises ConfigError, which the loader reports with the full key.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pipeline.data.stream.training_stream import StreamConfig
 from pipeline.errors import ConfigError, UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
+from pipeline.train.evaluate import EvalConfig
 from pipeline.train.metrics import MetricsConfig
 from pipeline.train.optim import OptimConfig
 from pipeline.train.parallel import FSDPConfig
@@ -28,6 +29,7 @@ __all__ = [
     "StopConfig",
     "DebugConfig",
     "CheckpointConfig",
+    "EvalConfig",
     "MetricsConfig",
     "OptimConfig",
     "grad_accum_steps",
@@ -111,6 +113,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     stop: StopConfig = field(default_factory=StopConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     # keys that moved: an old key in a config or override is refused with its new name

@@ -1,6 +1,6 @@
 """The training loop: a list of calls. One step = ``accum`` micro-batches of forward + backward,
-grad clip, AdamW update, LR schedule, metrics (all-reduced), the ``after_step`` hook, stop rule,
-checkpoint.
+grad clip, AdamW update, LR schedule, metrics (all-reduced), validation (every ``eval.every_steps``),
+the ``after_step`` hook, stop rule, checkpoint.
 """
 
 from __future__ import annotations
@@ -68,6 +68,7 @@ class Loop:
     hooks: TrainHooks = field(default_factory=TrainHooks)  # after_step (pipeline.train.hooks)
     signals: Any = None  # SignalWatch: SIGTERM -> checkpoint and stop after the current step
     sample_log: Any = None  # metrics.SampleLog (debug.sample_log): per-step (epoch, dataset, episode, frame)
+    evaluator: Any = None  # evaluate.Evaluator: validation metrics every eval.every_steps
 
 
 def _to_device(batch: dict, device: torch.device) -> dict:
@@ -190,8 +191,12 @@ def run_loop(loop: Loop) -> dict:
     """Train until the stop rule fires (or SIGTERM); checkpoint every ``save_every`` steps and on stop."""
     reason = stop_reason(loop.state.stop_avg, loop.stop, step=loop.state.step, epoch=loop.state.epoch)
     record: dict = {}
+    validation: dict = {}
     while reason is None:
         record = train_step(loop)
+        if loop.evaluator is not None and loop.evaluator.due(loop.state.step):
+            validation = {"step": loop.state.step, **loop.evaluator.run(loop.model)}
+            record.update(validation)
         loop.logger.log(loop.state.step, record)
         if loop.sample_log is not None:
             loop.sample_log.write(loop.state.step)  # before the checkpoint of this step
@@ -207,5 +212,6 @@ def run_loop(loop: Loop) -> dict:
         "final_action_accuracy": record.get("action_accuracy"),
         "final_action_accuracy_avg": loop.state.stop_avg.value,
         "final_loss": record.get("loss"),
+        "last_validation": {k: validation[k] for k in ("step", "eval_loss", "eval_action_accuracy") if k in validation},
         "last_checkpoint": loop.checkpointer.last_saved,
     }

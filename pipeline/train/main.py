@@ -313,6 +313,7 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
            mixture: Mixture | None) -> dict:
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
+    from pipeline.train.evaluate import build_evaluator
     from pipeline.train.hooks import RunInfo
     from pipeline.train.loop import Loop, SignalWatch, TrainState, run_loop, stream_epoch
     from pipeline.train.metrics import MetricsLogger, MovingAverage, SampleLog, StepStats, peak_flops
@@ -347,12 +348,14 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
         state.epoch = stream_epoch(stream)
     logger = MetricsLogger(cfg.metrics, run_dir=cfg.run_dir, rank=rank, start_step=state.step,
                            max_steps=cfg.stop.max_steps, dataset_names=names)
+    evaluator = build_evaluator(cfg, mixture=mixture, prompt_builder=builder, pad_id=tokenizer.pad_token_id,
+                                rank=rank, world=world, image_size=image_size, device=device)
     hooks.start(RunInfo(rank=rank, world_size=world, run_dir=cfg.run_dir))
     loop = Loop(model=model, optimizer=optimizer, stream=stream, action_tokenizer=builder.action_tokenizer,
                 state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt, hooks=hooks,
                 device=device, accum=accum, world_size=world, peak_flops=peak_flops(device, cfg.metrics.peak_tflops),
                 dataset_names=names, stop=cfg.stop, optim=cfg.optim, signals=SignalWatch().install(),
-                sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None)
+                sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None, evaluator=evaluator)
     log.info("training: world=%d mesh=%s accum=%d global_batch=%d resume=%s", world, dims.mesh.shape, accum,
              accum * world * cfg.per_device_batch, resume or "-")
     try:
@@ -364,6 +367,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
             loop.sample_log.close()
         ckpt.close()
         stream.close()
+        if evaluator is not None:
+            evaluator.close()
     summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params(),
                    **recipe.summary(model))
     if rank == 0:

@@ -276,7 +276,7 @@ class MetricsLogger:
             self._bar.update(step - self._bar.n)
             self._bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['action_accuracy']:.3f}",
                                   refresh=False)
-        if step % self.cfg.log_every:
+        if step % self.cfg.log_every and "eval_loss" not in record:  # validation records are always kept
             return
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
@@ -326,6 +326,13 @@ def _scalars(record: dict, names: list[str]):
     for name, acc in (record.get("dataset_accuracy") or {}).items():
         if acc is not None and name in names:
             yield f"dataset_accuracy/{name}", acc
+    for key in ("loss", "action_accuracy", "l1"):
+        if record.get(f"eval_{key}") is not None:
+            yield f"eval/{key}", record[f"eval_{key}"]
+    for kind in ("loss", "accuracy"):
+        for name, value in (record.get(f"eval_dataset_{kind}") or {}).items():
+            if value is not None:
+                yield f"eval_dataset_{kind}/{name}", value
 
 
 def _local_run_dir(run_dir: str) -> str:

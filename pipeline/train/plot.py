@@ -31,9 +31,11 @@ def plot_run(run_dir: str, out: str = "") -> str:
         raise UserError(f"run_dir={run_dir}: no metrics.jsonl records (train first)")
     steps = [r["step"] for r in records]
     fig, axes = plt.subplots(2, 2, figsize=(11, 7), constrained_layout=True)
-    _panel(axes[0][0], steps, {"loss": [r["loss"] for r in records]}, "loss", log=True)
+    _panel(axes[0][0], steps, {"loss": [r["loss"] for r in records],
+                               "validation": [r.get("eval_loss") for r in records]}, "loss", log=True)
     _panel(axes[0][1], steps, {"accuracy": [r["action_accuracy"] for r in records],
-                               "moving avg": [r.get("action_accuracy_avg") for r in records]},
+                               "moving avg": [r.get("action_accuracy_avg") for r in records],
+                               "validation": [r.get("eval_action_accuracy") for r in records]},
            "action-token accuracy")
     _panel(axes[1][0], steps, {"L1": [r.get("l1") for r in records]}, "L1 of decoded actions")
     names = sorted({n for r in records for n in (r.get("dataset_accuracy") or {})})

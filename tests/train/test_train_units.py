@@ -199,4 +199,4 @@ def test_cli_verbs_and_top_level_keys_are_pinned():
     assert VERBS["plot"].run == "pipeline.train.plot:run_plot"
     assert [f.name for f in dataclasses.fields(TrainConfig)] == [
         "run_dir", "seed", "resume", "nproc", "device", "per_device_batch", "global_batch", "deterministic",
-        "model", "data", "optim", "fsdp", "checkpoint", "stop", "metrics", "debug"]
+        "model", "data", "optim", "fsdp", "checkpoint", "stop", "metrics", "eval", "debug"]

@@ -3,9 +3,9 @@
 Every filter returns ``None`` to keep an episode or a short reason string to drop it; the curation
 task counts every drop by reason (see ``pipeline.data.curate.quarantine``). Order inside
 :func:`check_episode`: non-finite values, too short, action magnitude, empty instruction,
-undecodable images. Registry filters (``spec.episode_filters`` on the raw episode,
-``spec.frame_filter`` on the canonical one) are applied by :func:`registry_episode_filters` /
-:func:`apply_frame_filter`.
+undecodable images. Registry filters (``spec.episode_filters`` on the raw episode, before
+statistics; ``spec.frame_filter`` on the curated episode and its action normalized with the final
+statistics) are applied by :func:`registry_episode_filters` / :func:`apply_frame_filter`.
 
 Reasons: ``nan_inf``, ``too_short``, ``action_magnitude``, ``empty_instruction``,
 ``undecodable_image``, ``invalid_schema``, ``standardize_error``, ``corrupt_record`` (CRC mismatch,
@@ -117,8 +117,10 @@ def _take(steps: dict, keep: np.ndarray) -> dict:
     return {k: (_take(v, keep) if isinstance(v, dict) else np.asarray(v)[keep]) for k, v in steps.items()}
 
 
-def apply_frame_filter(ep: dict, spec, cfg: FilterConfig) -> tuple[dict | None, int, str]:
-    """Apply ``spec.frame_filter``: ``(episode or None if nothing is left, frames dropped, reason)``.
+def apply_frame_filter(ep: dict, spec, cfg: FilterConfig,
+                       normalized_action: np.ndarray | None) -> tuple[dict | None, int, str]:
+    """Apply ``spec.frame_filter`` to ``ep`` whose action normalizes (with the dataset's final
+    statistics) to ``normalized_action``: ``(episode or None if nothing is left, frames dropped, reason)``.
 
     The step flags are recomputed so that the kept steps still start with ``is_first`` and end with
     ``is_last`` (``is_terminal`` of the last kept step follows the original last step).
@@ -126,7 +128,7 @@ def apply_frame_filter(ep: dict, spec, cfg: FilterConfig) -> tuple[dict | None, 
     if not cfg.frame_filter or spec.frame_filter is None:
         return ep, 0, ""
     reason, fn = spec.frame_filter
-    keep = np.asarray(fn(ep), bool)
+    keep = np.asarray(fn(ep, normalized_action), bool)
     dropped = int((~keep).sum())
     if dropped == 0:
         return ep, 0, str(reason)

@@ -5,22 +5,31 @@
 
 Per dataset of the mixture (weight > 0), ``<out>/<dataset>/1.0.0/`` receives:
 
-- shards ``<dataset>-train.tfrecord-0000j-of-0000N`` in the curated schema (contracts.md), episodes
+- shards ``<dataset>-train.tfrecord-0000j-of-0000N`` (what training reads) and
+  ``<dataset>-val.tfrecord-...`` (validation) in the curated schema (contracts.md), episodes
   shuffled across shards by a seeded permutation (sort by ``sha256(seed, dataset, source shard,
-  record index)``), plus ``dataset_info.json``/``features.json`` (``tfds.builder_from_directory``);
-- ``dataset_statistics.json`` (OpenVLA format, merged from per-task partials; also cached as
+  record index)``), plus ``dataset_info.json``/``features.json`` (``tfds.builder_from_directory``,
+  splits ``train`` and ``val``);
+- ``dataset_statistics.json`` (OpenVLA format, exact, merged from per-task partials; also cached as
   ``dataset_statistics_<stats_key>.json``), ``quarantine.json`` and, last, ``manifest.json``.
 
-Work graph (see :mod:`pipeline.data.curate.tasks`): one MAP task per source shard, then one REDUCE
-task per output shard, then the driver commits metadata. Every task output is published atomically
-with a marker carrying the run key (hash of source fingerprint, standardization version, config), so
-a killed run resumes where it stopped and ends with exactly the output of an uninterrupted run; an
-unchanged re-run of a finished dataset does nothing (its manifest matches).
+OpenVLA-compatible by default (facts: ``loader_facts.splits`` and ``normalization.statistics_file``
+of the OXE facts file): statistics over EVERY source split after standardization and before any
+filter except the registry's episode filters (kuka's success filter reproduces OpenVLA's offline
+success-filtered copy); training data = ``train`` when the source has a ``val`` split, else the
+first 95% of ``train`` (tfds rounding), validation = ``val`` or the last 5%; other splits
+(``test``) only count in the statistics; q01/q99 exact (numpy's linear rule); DROID's idle-frame
+filter runs on actions normalized with the final statistics (:mod:`pipeline.data.curate.splits`,
+:mod:`pipeline.data.curate.quantiles`).
 
-Statistics and the quarantine report cover the kept frames of the curated split (what training
-reads), not OpenVLA's "all splits before filtering". Intermediate part files number
-``source shards x output shards`` per dataset (fine for fixtures and moderate data; for thousands of
-shards on both sides choose a smaller ``num_shards``).
+Work graph (see :mod:`pipeline.data.curate.tasks`): one MAP task per source shard (every split),
+then one QUANTILE task per source shard (exact q01/q99; repeated with opened brackets in the rare
+case a bracket missed), then one REDUCE task per output shard (train and val), then the driver
+commits metadata (:mod:`pipeline.data.curate.commit`). Map and reduce outputs are published
+atomically with a marker carrying the run key (hash of source fingerprint, standardization version,
+curation format, config), so a killed run resumes where it stopped and ends with exactly the output
+of an uninterrupted run; an unchanged re-run of a finished dataset does nothing (its manifest
+matches). Intermediate part files number ``source shards x output shards`` per dataset.
 
 Ray: a local cluster with ``os.cpu_count()`` CPUs by default; an existing cluster when
 ``RAY_ADDRESS`` or ``ray.address=`` is set; an already initialized Ray session is reused as is.
@@ -28,137 +37,44 @@ Ray: a local cluster with ``os.cpu_count()`` CPUs by default; an existing cluste
 
 from __future__ import annotations
 
-import dataclasses
+import heapq
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from pipeline import __version__, fs
-from pipeline.config import MISSING, helpfield, to_dict
-from pipeline.data.curate.filters import FilterConfig
-from pipeline.data.curate.quarantine import Quarantine, format_quarantine
-from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats, action_mask
-from pipeline.data.curate.tasks import MapJob, ReduceJob, driver_env, run_map, run_reduce
-from pipeline.data.io.builder import shard_filename
-from pipeline.data.manifest import (
-    CURATED_VERSION,
-    MANIFEST_NAME,
-    QUARANTINE_NAME,
-    STATISTICS_NAME,
-    CuratedDataset,
-    content_hash,
-    curated_features,
-    source_fingerprint,
+from pipeline import fs
+from pipeline.config import to_dict
+from pipeline.data.curate.commit import (
+    brackets_of,
+    commit,
+    exact_quantiles_of,
+    finished,
+    merged_partials,
+    reused,
 )
+from pipeline.data.curate.filters import FilterConfig
+from pipeline.data.curate.plan import CurateConfig, DatasetPlan, RayConfig, plan_dataset
+from pipeline.data.curate.quarantine import format_quarantine
+from pipeline.data.curate.splits import TRAIN, VAL
+from pipeline.data.curate.tasks import (
+    MapJob,
+    QuantileJob,
+    ReduceJob,
+    driver_env,
+    run_map,
+    run_quantile_counts,
+    run_reduce,
+    values_url,
+)
+from pipeline.data.io.builder import shard_filename
+from pipeline.data.manifest import MANIFEST_NAME, content_hash
 from pipeline.data.mixture.files import Mixture, load_mixture
 from pipeline.errors import UserError
 from pipeline.ray_utils import connect_ray
 
 __all__ = ["CurateConfig", "RayConfig", "run_curate", "curate", "DatasetPlan", "plan_dataset"]
 
-
-@dataclass(kw_only=True)
-class RayConfig:
-    address: str = helpfield("", "Ray cluster address ('' = RAY_ADDRESS env, else a local cluster)")
-    num_cpus: int = helpfield(0, "CPUs of the local cluster (0 = os.cpu_count())")
-
-
-@dataclass(kw_only=True)
-class CurateConfig:
-    mixture: str = helpfield(MISSING, "mixture name (dataset_mixtures/NAME.yaml) or YAML path")
-    source: str = helpfield(MISSING, "raw data root: <source>/<dataset>/<version>/ (local or gs://)")
-    out: str = helpfield(MISSING, f"curated output root: writes <out>/<dataset>/{CURATED_VERSION}/")
-    split: str = helpfield("train", "source split to curate")
-    seed: int = helpfield(0, "shuffle seed (output is a pure function of source + config)")
-    num_shards: int = helpfield(0, "output shards per dataset (0 = as many as the source split)")
-    workers: int = helpfield(0, "max concurrent tasks (0 = every CPU of the Ray cluster)")
-    fix_known_issues: bool = helpfield(False, "apply the registry's [fixable] known-issue fixes")
-    sketch_k: int = helpfield(DEFAULT_SKETCH_K, "quantile sketch capacity per level (rank error <= (H+2)/k)")
-    max_examples: int = helpfield(5, "example episodes per quarantine reason")
-    keep_parts: bool = helpfield(False, "keep the intermediate _parts/ directory")
-    progress: bool = helpfield(True, "tqdm progress bar on stderr")
-    filters: FilterConfig = helpfield(FilterConfig(), "curation filters")
-    ray: RayConfig = helpfield(RayConfig(), "Ray cluster")
-
-    def __post_init__(self) -> None:
-        if self.num_shards < 0 or self.workers < 0:
-            raise ValueError("num_shards and workers must be >= 0")
-        if self.sketch_k < 2 or self.sketch_k % 2:
-            raise ValueError(f"sketch_k must be an even number >= 2, got {self.sketch_k}")
-
-
-@dataclass(kw_only=True)
-class DatasetPlan:
-    name: str
-    source_dir: str
-    curated: CuratedDataset
-    shards: list  # [ShardInfo]
-    features: dict
-    proprio_dim: int
-    num_buckets: int
-    fingerprint: dict
-    stats_key: str
-    run_key: str
-    overrides: dict
-    mask: list
-
-    @property
-    def out_dir(self) -> str:
-        return self.curated.url
-
-
-# ------------------------------------------------------------------------------------ planning
-def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
-    return dataclasses.replace(cfg.filters, **override.get("filters", {}))
-
-
-def _probe_proprio_dim(spec, shards: list, features: dict, cfg: CurateConfig) -> int:
-    """P from standardizing the first readable episode (falls back to the registry's state size)."""
-    from pipeline.data.io.rlds_reader import read_episodes
-
-    for shard in shards:
-        try:
-            for raw in read_episodes(shard.url, features, on_corrupt="skip", dataset=spec.name):
-                ep = spec.standardize(raw, fix_known_issues=cfg.fix_known_issues)
-                return int(ep["steps"]["proprio"].shape[1])
-        except Exception:
-            continue
-    return int(spec.state_size)
-
-
-def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
-    """Check the source of one dataset and derive its keys (no output is written)."""
-    from pipeline.data.io.builder import open_builder
-    from pipeline.data.oxe import STANDARDIZATION_VERSION, get_spec
-    from pipeline.data.oxe.user_registry import entry_hash
-
-    spec = get_spec(name)
-    spec.check_trainable()
-    url = fs.join(cfg.source, name)
-    try:
-        builder = open_builder(url)
-    except UserError as e:
-        raise UserError(f"source data of dataset '{name}' not found or unreadable at {url}: {e}") from None
-    shards = builder.splits.get(cfg.split)
-    if not shards:
-        raise UserError(f"dataset '{name}' at {builder.url} has no split '{cfg.split}' "
-                        f"(has: {', '.join(builder.splits) or 'none'}); set split=...")
-    override = mixture.overrides.get(name, {})
-    filters = _filters_for(cfg, override)
-    digest, sizes = source_fingerprint(builder.url, [s.url for s in shards])
-    fingerprint = {"url": builder.url, "fingerprint": digest,
-                   "shards": [{**sz, "episodes": s.num_episodes} for sz, s in zip(sizes, shards)]}
-    stats_key = content_hash(digest, STANDARDIZATION_VERSION, dataclasses.asdict(filters), cfg.split,
-                             cfg.fix_known_issues, override.get("cameras", {}), cfg.sketch_k, *entry_hash(name))
-    num_buckets = cfg.num_shards or len(shards)
-    run_key = content_hash(stats_key, cfg.seed, num_buckets, __version__)
-    cameras = override.get("cameras", {})
-    proprio_dim = _probe_proprio_dim(spec, shards, builder.features, cfg)
-    mask = action_mask()  # EEF_POS and our 7-D EEF_R6 projection: gripper unnormalized
-    return DatasetPlan(name=name, source_dir=builder.url, curated=CuratedDataset(cfg.out, name), shards=shards,
-                       features=builder.features, proprio_dim=proprio_dim, num_buckets=num_buckets,
-                       fingerprint=fingerprint, stats_key=stats_key, run_key=run_key,
-                       overrides={"filters": dataclasses.asdict(filters), "cameras": cameras}, mask=mask)
+MAP, QUANTILE, REDUCE = 0, 1, 2
 
 
 def _check_mixture(mixture: Mixture) -> None:
@@ -207,99 +123,68 @@ def _map_jobs(plan: DatasetPlan, cfg: CurateConfig) -> list[MapJob]:
 
     parts = fs.join(plan.out_dir, "_parts")
     filters = FilterConfig(**plan.overrides["filters"])
-    return [MapJob(dataset=plan.name, shard_url=s.url, shard_index=i, source_features=plan.features, parts=parts,
-                   num_buckets=plan.num_buckets, seed=cfg.seed, run_key=plan.run_key, proprio_dim=plan.proprio_dim,
-                   filters=filters, cameras=plan.overrides["cameras"], fix_known_issues=cfg.fix_known_issues,
-                   sketch_k=cfg.sketch_k, max_examples=cfg.max_examples, env=driver_env(),
-                   spec_entry=user_entry(plan.name) or {})
-            for i, s in enumerate(plan.shards)]
+    return [MapJob(dataset=plan.name, shard_url=s.url, shard_index=s.index, role=s.role,
+                   source_features=plan.features, parts=parts, num_buckets=plan.num_buckets, seed=cfg.seed,
+                   run_key=plan.run_key, proprio_dim=plan.proprio_dim, filters=filters,
+                   cameras=plan.overrides["cameras"], fix_known_issues=cfg.fix_known_issues, sketch_k=cfg.sketch_k,
+                   max_examples=cfg.max_examples, env=driver_env(), spec_entry=user_entry(plan.name) or {})
+            for s in plan.shards]
 
 
-def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict]) -> list[ReduceJob]:
-    """Equal rank ranges of the key-sorted kept episodes -> one job per output shard."""
+def _output_shards(plan: DatasetPlan, role: str, n: int, n_train: int) -> int:
+    """Train: ``num_buckets`` shards; val: the same episodes per shard (at least one shard)."""
+    if n == 0:
+        return 0
+    if role == TRAIN:
+        return min(plan.num_buckets, n)
+    return min(n, plan.num_buckets, max(1, -(-plan.num_buckets * n // max(n_train, 1))))
+
+
+def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stats: dict) -> list[ReduceJob]:
+    """Per role, equal rank ranges of the key-sorted kept episodes -> one job per output shard."""
+    from pipeline.data.oxe.user_registry import user_entry
+
     parts = fs.join(plan.out_dir, "_parts")
-    kept = sorted((key, m["shard_index"], int(b), pos)
-                  for m in markers for b, entries in m["buckets"].items() for pos, (key, *_) in enumerate(entries))
-    n = len(kept)
-    num_out = min(plan.num_buckets, n)
+    kept = {role: sorted((key, m["shard_index"], int(b), pos) for m in markers
+                         for b, entries in m["buckets"].get(role, {}).items() for pos, (key, *_) in enumerate(entries))
+            for role in (TRAIN, VAL)}
     jobs = []
-    for j in range(num_out):
-        groups: dict[tuple[int, int], list] = {}
-        for key, src, bucket, pos in kept[j * n // num_out:(j + 1) * n // num_out]:
-            groups.setdefault((src, bucket), []).append([pos, key])
-        inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
-        url = fs.join(plan.out_dir, shard_filename(plan.name, "train", j, num_out))
-        jobs.append(ReduceJob(dataset=plan.name, parts=parts, shard_url=url, out_index=j, inputs=inputs,
-                              run_key=plan.run_key, proprio_dim=plan.proprio_dim, env=driver_env()))
+    for role, entries in kept.items():
+        n = len(entries)
+        num_out = _output_shards(plan, role, n, len(kept[TRAIN]))
+        for j in range(num_out):
+            groups: dict[tuple[int, int], list] = {}
+            for key, src, bucket, pos in entries[j * n // num_out:(j + 1) * n // num_out]:
+                groups.setdefault((src, bucket), []).append([pos, key])
+            inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
+            jobs.append(ReduceJob(
+                dataset=plan.name, parts=parts, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
+                shard_url=fs.join(plan.out_dir, shard_filename(plan.name, role, j, num_out)),
+                proprio_dim=plan.proprio_dim, action_stats=stats["action"],
+                filters=FilterConfig(**plan.overrides["filters"]), cameras=plan.overrides["cameras"],
+                spec_entry=user_entry(plan.name) or {}, max_examples=cfg.max_examples, env=driver_env()))
     return jobs
-
-
-def _merge_partials(plan: DatasetPlan, cfg: CurateConfig) -> dict:
-    parts = fs.join(plan.out_dir, "_parts")
-    total = PartialStats(k=cfg.sketch_k)
-    for i in range(len(plan.shards)):
-        total.merge(PartialStats.from_bytes(fs.read_bytes(fs.join(parts, f"src-{i:05d}.stats.npz"))))
-    return total.finalize(mask=plan.mask)
-
-
-def _commit(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], written: list[dict]) -> dict:
-    from pipeline.data.io.rlds_writer import write_builder_metadata
-
-    q = Quarantine(plan.name, cfg.max_examples)
-    for m in markers:
-        q.merge(Quarantine.from_json(m["quarantine"], cfg.max_examples))
-    stats = _merge_partials(plan, cfg)
-    fs.write_json(fs.join(plan.out_dir, f"dataset_statistics_{plan.stats_key[:16]}.json"), {plan.name: stats})
-    fs.write_json(plan.curated.file(STATISTICS_NAME), {plan.name: stats})
-    fs.write_json(plan.curated.file(QUARANTINE_NAME), q.to_json())
-    features = curated_features(plan.proprio_dim)
-    write_builder_metadata(plan.out_dir, plan.name, CURATED_VERSION, features,
-                           {"train": [w["episodes"] for w in written]},
-                           description=f"{plan.name} curated by pipeline {__version__} (vla curate)")
-    manifest = {
-        "format": 1, "dataset": plan.name, "version": CURATED_VERSION, "split": "train", "source_split": cfg.split,
-        "shards": [{"file": w["file"], "episodes": w["episodes"], "frames": w["frames"], "sha256": w["sha256"]}
-                   for w in written],
-        "total_episodes": sum(w["episodes"] for w in written), "total_frames": sum(w["frames"] for w in written),
-        "proprio_dim": plan.proprio_dim, "source": plan.fingerprint, "code_version": __version__,
-        "standardization_version": _std_version(), "seed": cfg.seed, "num_buckets": plan.num_buckets,
-        "filters": plan.overrides["filters"], "cameras": plan.overrides["cameras"],
-        "config_hash": plan.run_key, "stats_key": plan.stats_key,
-        "quarantine": {"episodes_dropped": q.episodes_dropped, "frames_dropped": q.frames_dropped},
-    }
-    fs.write_json(plan.curated.file(MANIFEST_NAME), manifest)
-    if not cfg.keep_parts:
-        fs.remove(fs.join(plan.out_dir, "_parts"), recursive=True)
-    return {"manifest": manifest, "quarantine": q}
-
-
-def _std_version() -> str:
-    from pipeline.data.oxe import STANDARDIZATION_VERSION
-
-    return STANDARDIZATION_VERSION
-
-
-def _finished(plan: DatasetPlan) -> bool:
-    manifest = plan.curated.read_manifest()
-    return manifest is not None and manifest.get("config_hash") == plan.run_key
-
-
-def _reused(plan: DatasetPlan, cfg: CurateConfig) -> dict:
-    manifest = plan.curated.read_manifest()
-    q = Quarantine.from_json(fs.read_json(plan.curated.file(QUARANTINE_NAME)), cfg.max_examples)
-    return {"manifest": manifest, "quarantine": q, "status": "reused"}
 
 
 @dataclass
 class _Run:
-    """Scheduling state of one dataset: its map results, then its reduce jobs and results."""
+    """Scheduling state of one dataset: map results, then quantile rounds, then reduce results."""
 
     plan: DatasetPlan
     maps: list
-    markers: dict = dataclasses.field(default_factory=dict)
-    reduces: list = dataclasses.field(default_factory=list)
-    written: dict = dataclasses.field(default_factory=dict)
+    markers: dict = field(default_factory=dict)
+    total: object = None  # merged PartialStats of the map tasks
+    brackets: dict = field(default_factory=dict)
+    quantile_round: int = 0
+    quantiles: list = field(default_factory=list)
+    counts: dict = field(default_factory=dict)
+    stats: dict | None = None
+    reduces: list = field(default_factory=list)
+    written: dict = field(default_factory=dict)
     result: dict | None = None
+
+    def jobs(self, phase: int) -> list:
+        return (self.maps, self.quantiles, self.reduces)[phase]
 
 
 def _ray_get(ref):
@@ -313,40 +198,73 @@ def _ray_get(ref):
         raise
 
 
+def _start_quantiles(run: _Run, cfg: CurateConfig) -> None:
+    if run.total is None:
+        run.total = merged_partials(run.plan, cfg)
+        run.brackets = brackets_of(run.total)
+    parts = fs.join(run.plan.out_dir, "_parts")
+    run.counts = {}
+    run.quantiles = [QuantileJob(values_url=values_url(parts, s.index), brackets=run.brackets, env=driver_env())
+                     for s in run.plan.shards]
+
+
+def _finish_quantiles(run: _Run, cfg: CurateConfig) -> bool:
+    """Exact statistics and the reduce jobs; False when a bracket missed (another quantile round)."""
+    quantiles, run.brackets = exact_quantiles_of(run.brackets, [run.counts[i] for i in range(len(run.quantiles))])
+    if quantiles is None:
+        print(f"curate: {run.plan.name}: a q01/q99 bracket missed its ranks; recounting with it opened",
+              file=sys.stderr)
+        run.quantile_round += 1
+        _start_quantiles(run, cfg)
+        return False
+    run.stats = run.total.finalize(mask=run.plan.mask, quantiles=quantiles)
+    run.reduces = _reduce_jobs(run.plan, cfg, [run.markers[k] for k in range(len(run.maps))], run.stats)
+    return True
+
+
+def _phase_done(run: _Run, phase: int, cfg: CurateConfig) -> int | None:
+    """Next phase to schedule for ``run`` after ``phase`` completed (None: the dataset is committed)."""
+    if phase == MAP:
+        _start_quantiles(run, cfg)
+        return QUANTILE
+    if phase == QUANTILE and not _finish_quantiles(run, cfg):
+        return QUANTILE
+    if phase == QUANTILE and run.reduces:
+        return REDUCE
+    _finish(run, cfg)
+    return None
+
+
 def _schedule(runs: list[_Run], cfg: CurateConfig, limit: int, progress: _Progress) -> None:
-    """Run every map then reduce task, at most ``limit`` in flight, then commit each dataset.
+    """Run every map, quantile and reduce task, at most ``limit`` in flight, then commit each dataset.
 
-    Priority (dataset index, phase, job index): with one worker the order is strictly dataset by
-    dataset; with more, later datasets' maps fill slots an earlier dataset cannot use.
+    Priority (dataset index, phase, round, job index): with one worker the order is strictly dataset
+    by dataset; with more, later datasets' maps fill slots an earlier dataset cannot use.
     """
-    import heapq
-
     import ray
 
-    remotes = (ray.remote(num_cpus=1, max_retries=2)(run_map), ray.remote(num_cpus=1, max_retries=2)(run_reduce))
-    heap = [(d, 0, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
+    remote = [ray.remote(num_cpus=1, max_retries=2)(fn) for fn in (run_map, run_quantile_counts, run_reduce)]
+    heap = [(d, MAP, 0, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
     heapq.heapify(heap)
     pending: dict = {}
     while heap or pending:
         while heap and len(pending) < limit:
-            d, phase, i = heapq.heappop(heap)
-            job = runs[d].maps[i] if phase == 0 else runs[d].reduces[i]
-            pending[remotes[phase].remote(job)] = (d, phase, i)
+            d, phase, rnd, i = heapq.heappop(heap)
+            pending[remote[phase].remote(runs[d].jobs(phase)[i])] = (d, phase, i)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
             d, phase, i = pending.pop(ref)
             run, result = runs[d], _ray_get(ref)
-            if phase == 0:
-                run.markers[i] = result
+            store = (run.markers, run.counts, run.written)[phase]
+            store[i] = result
+            if phase == MAP:
                 progress.update(result["quarantine"]["episodes_read"], result["episodes"], result["frames"])
-                if len(run.markers) == len(run.maps):
-                    run.reduces = _reduce_jobs(run.plan, cfg, [run.markers[k] for k in range(len(run.maps))])
-                    for j in range(len(run.reduces)):
-                        heapq.heappush(heap, (d, 1, j))
-            else:
-                run.written[i] = result
-            if len(run.markers) == len(run.maps) and len(run.written) == len(run.reduces) and run.result is None:
-                _finish(run, cfg)
+            if len(store) < len(run.jobs(phase)):
+                continue
+            nxt = _phase_done(run, phase, cfg)
+            if nxt is not None:
+                for j in range(len(run.jobs(nxt))):
+                    heapq.heappush(heap, (d, nxt, run.quantile_round, j))
 
 
 def _finish(run: _Run, cfg: CurateConfig) -> None:
@@ -354,25 +272,28 @@ def _finish(run: _Run, cfg: CurateConfig) -> None:
     written = [run.written[k] for k in range(len(run.reduces))]
     _remove_stale_shards(run.plan, written)
     resumed = any(m.get("skipped") for m in markers)
-    run.result = {**_commit(run.plan, cfg, markers, written), "status": "resumed" if resumed else "curated"}
+    run.result = {**commit(run.plan, cfg, run.stats, markers, written), "status": "resumed" if resumed else "curated"}
 
 
 def _remove_stale_shards(plan: DatasetPlan, written: list[dict]) -> None:
     keep = {w["file"] for w in written}
+    prefixes = tuple(f"{plan.name}-{role}.tfrecord-" for role in (TRAIN, VAL))
     for url in fs.listdir(plan.out_dir):
         base = fs.basename(url)
         # every task of this dataset is done: a ".tmp-" file is a write cut short by a killed run
-        if (base.startswith(f"{plan.name}-train.tfrecord-") and base not in keep) or ".tmp-" in base:
+        if (base.startswith(prefixes) and base not in keep) or ".tmp-" in base:
             fs.remove(url)
 
 
 # ------------------------------------------------------------------------------------ entry points
 def _summary(results: list[dict], seconds: float) -> str:
-    rows = [("dataset", "status", "read", "kept", "frames", "dropped", "shards")]
+    rows = [("dataset", "status", "read", "train", "frames", "val", "stats only", "dropped", "shards")]
     for r in results:
         m, q = r["manifest"], r["quarantine"]
+        val = m.get("validation", {})
         rows.append((m["dataset"], r["status"], str(q.episodes_read), str(m["total_episodes"]),
-                     str(m["total_frames"]), str(q.episodes_dropped), str(len(m["shards"]))))
+                     str(m["total_frames"]), str(val.get("total_episodes", 0)), str(q.episodes_held_out),
+                     str(q.episodes_dropped), str(len(m["shards"]) + len(val.get("shards", [])))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
              for row in rows]
@@ -388,7 +309,7 @@ def curate(cfg: CurateConfig) -> list[dict]:
     fs.check_local_dir_writable(cfg.out, "out")  # before planning or Ray
     _check_mixture(mixture)
     plans = [plan_dataset(name, mixture, cfg) for name in mixture.active()]  # UserErrors before any work
-    todo = [p for p in plans if not _finished(p)]
+    todo = [p for p in plans if not finished(p)]
     for plan in todo:  # stale output of another config: its manifest goes first, the new one is written last
         if plan.curated.is_curated():
             fs.remove(plan.curated.file(MANIFEST_NAME))
@@ -404,7 +325,7 @@ def curate(cfg: CurateConfig) -> list[dict]:
                 import ray
 
                 ray.shutdown()
-    return [runs[p.name].result if p.name in runs else _reused(p, cfg) for p in plans]
+    return [runs[p.name].result if p.name in runs else reused(p, cfg) for p in plans]
 
 
 def run_curate(cfg: CurateConfig) -> int:

@@ -10,6 +10,9 @@ dataset's report. JSON layout::
 
 ``frames`` of a reason counts the steps lost with the dropped episodes; frame filters (DROID idle)
 drop frames of kept episodes and are counted under their own reason with ``episodes: 0``.
+``episodes_held_out`` / ``frames_held_out``: episodes of splits that only count in the statistics
+(``test``), read and never curated. ``episodes_read`` = kept + dropped + held out (+ records the
+reader could not decode, counted as dropped).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ class Quarantine:
     episodes_kept: int = 0
     frames_kept: int = 0
     reasons: dict[str, dict] = field(default_factory=dict)
+    episodes_held_out: int = 0
+    frames_held_out: int = 0
 
     def _entry(self, reason: str) -> dict:
         return self.reasons.setdefault(reason, {"episodes": 0, "frames": 0, "examples": []})
@@ -44,6 +49,11 @@ class Quarantine:
         self.episodes_kept += 1
         self.frames_kept += int(frames)
 
+    def hold_out(self, frames: int) -> None:
+        """An episode of a statistics-only split (counted in statistics, never curated)."""
+        self.episodes_held_out += 1
+        self.frames_held_out += int(frames)
+
     @property
     def episodes_dropped(self) -> int:
         return sum(e["episodes"] for e in self.reasons.values())
@@ -56,6 +66,8 @@ class Quarantine:
         self.episodes_read += other.episodes_read
         self.episodes_kept += other.episodes_kept
         self.frames_kept += other.frames_kept
+        self.episodes_held_out += other.episodes_held_out
+        self.frames_held_out += other.frames_held_out
         for reason, e in other.reasons.items():
             mine = self._entry(reason)
             mine["episodes"] += e["episodes"]
@@ -66,12 +78,14 @@ class Quarantine:
     def to_json(self) -> dict:
         return {"dataset": self.dataset, "episodes_read": self.episodes_read, "episodes_kept": self.episodes_kept,
                 "frames_kept": self.frames_kept, "episodes_dropped": self.episodes_dropped,
-                "frames_dropped": self.frames_dropped,
+                "frames_dropped": self.frames_dropped, "episodes_held_out": self.episodes_held_out,
+                "frames_held_out": self.frames_held_out,
                 "reasons": {k: self.reasons[k] for k in sorted(self.reasons)}}
 
     @classmethod
     def from_json(cls, obj: dict, max_examples: int = 5) -> Quarantine:
-        q = cls(obj["dataset"], max_examples, obj["episodes_read"], obj["episodes_kept"], obj["frames_kept"])
+        q = cls(obj["dataset"], max_examples, obj["episodes_read"], obj["episodes_kept"], obj["frames_kept"],
+                episodes_held_out=obj.get("episodes_held_out", 0), frames_held_out=obj.get("frames_held_out", 0))
         q.reasons = {k: {"episodes": v["episodes"], "frames": v["frames"], "examples": list(v["examples"])}
                      for k, v in obj["reasons"].items()}
         return q

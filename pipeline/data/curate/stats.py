@@ -1,6 +1,7 @@
 """Mergeable per-dataset statistics of actions and proprio (OpenVLA ``dataset_statistics.json``).
 
-Each curation task builds a :class:`PartialStats` over the frames it keeps; partials from any number
+Each curation task builds a :class:`PartialStats` over the frames it counts (every split, before the
+episode filters: OpenVLA's split "all"); partials from any number
 of tasks merge (:meth:`PartialStats.merge`) and :meth:`PartialStats.finalize` produces OpenVLA's
 per-dataset fields: ``mean, std, min, max, q01, q99`` for ``action`` and ``proprio``, the action
 ``mask`` (gripper left unnormalized: ``[True] * 6 + [False]``), ``num_transitions`` and
@@ -9,7 +10,9 @@ per-dataset fields: ``mean, std, min, max, q01, q99`` for ``action`` and ``propr
 Moments are merged exactly with Chan et al.'s pairwise update (count, mean, M2 in float64);
 ``std`` is the population standard deviation (``ddof=0``, like ``np.std``).
 
-Quantiles come from :class:`QuantileSketch`, a deterministic multi-level compactor sketch
+``q01``/``q99`` are exact (:mod:`pipeline.data.curate.quantiles`, a second pass that this sketch
+brackets); :meth:`PartialStats.finalize` takes them as ``quantiles``. Without them it reports the
+sketch's own estimate, from :class:`QuantileSketch`, a deterministic multi-level compactor sketch
 (Manku-Rajagopalan-Lindsay / KLL family, equal capacity ``k`` per level, vectorized over the
 dimensions). Level ``h`` holds items of weight ``2**h``; a level that reaches ``k`` items is sorted
 (per dimension) and every other item is promoted to level ``h + 1``; the start offset (0 or 1) is
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.data.curate.quantiles import QUANTILES
 from pipeline.data.schema import ACTION_DIM, GRIPPER_DIM
 
 __all__ = [
@@ -46,7 +50,6 @@ __all__ = [
 ]
 
 DEFAULT_SKETCH_K = 4096
-QUANTILES = (0.01, 0.99)
 
 
 def action_mask(action_dim: int = ACTION_DIM, gripper_dim: int = GRIPPER_DIM) -> list[bool]:
@@ -239,8 +242,9 @@ class ArrayStats:
         self.moments.merge(other.moments)
         self.sketch.merge(other.sketch)
 
-    def finalize(self) -> dict[str, list[float]]:
-        q01, q99 = self.sketch.quantiles(QUANTILES)
+    def finalize(self, quantiles: np.ndarray | None = None) -> dict[str, list[float]]:
+        """OpenVLA's fields; ``quantiles`` float64 [2, dim] (q01, q99) when known exactly."""
+        q01, q99 = self.sketch.quantiles(QUANTILES) if quantiles is None else quantiles
         m = self.moments
         zeros = np.zeros(self.dim)
         return {
@@ -310,11 +314,16 @@ class PartialStats:
             bounds.append(self.proprio.sketch.rank_error_bound())
         return max(bounds)
 
-    def finalize(self, mask: list[bool] | None = None) -> dict:
-        """OpenVLA's per-dataset entry (without the dataset-name key)."""
-        action = self.action.finalize()
+    def finalize(self, mask: list[bool] | None = None, quantiles: dict | None = None) -> dict:
+        """OpenVLA's per-dataset entry (without the dataset-name key); ``quantiles``: exact
+        ``{"action": [2, 7], "proprio": [2, P]}`` (q01, q99) from the second pass, else the sketch's."""
+        quantiles = quantiles or {}
+        action = self.action.finalize(quantiles.get("action"))
         action["mask"] = list(mask) if mask is not None else action_mask(self.action_dim)
-        proprio = self.proprio.finalize() if self.proprio is not None else ArrayStats(self.action_dim).finalize()
+        if self.proprio is not None:
+            proprio = self.proprio.finalize(quantiles.get("proprio"))
+        else:  # OpenVLA: no proprio key -> statistics of zeros shaped like the action
+            proprio = ArrayStats(self.action_dim).finalize()
         return {"action": action, "proprio": proprio, "num_transitions": int(self.num_transitions),
                 "num_trajectories": int(self.num_trajectories)}
 

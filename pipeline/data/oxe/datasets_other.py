@@ -51,7 +51,9 @@ def bridge_states(plan: dict) -> tuple[np.ndarray, np.ndarray]:
     """Raw (actions[T+2, 7], states[T+2, 7]) whose BRIDGE relabeling reproduces plan["action"].
 
     Step 0: all-zero action (dropped); steps 1..T carry the plan; step T+1 has no next state (dropped).
-    States integrate the planned movement from the planned first pose (float64, then float32).
+    States integrate the planned movement from the planned first pose (float64, then float32); their
+    roll/pitch/yaw are wrapped into [-pi, pi) like a real Euler reading, so a rotation across +-pi
+    relabels to a jump of ~2 pi (OpenVLA does not wrap; fix_known_issues does).
     """
     a = c.plan_action(plan)
     t = len(a)
@@ -59,6 +61,7 @@ def bridge_states(plan: dict) -> tuple[np.ndarray, np.ndarray]:
     pose[1] = c.pose6(plan)[0]
     pose[2:] = pose[1] + np.cumsum(a[:, :6].astype(np.float64), axis=0)
     pose[0] = pose[1]
+    pose[:, 3:] = tf.wrap_angle(pose[:, 3:])
     grip = np.asarray(plan["gripper"], np.float32)
     states = c.cat(pose, np.concatenate([grip[:1], grip, grip[-1:]]))
     actions = np.zeros((t + 2, 7), np.float32)
@@ -148,9 +151,10 @@ def _droid_inverse(plan: dict, rng) -> dict:
     return {"action_dict": action_dict, "observation": obs}
 
 
-def droid_idle_filter(ep: dict) -> np.ndarray:
-    """Frame filter on the canonical episode: bool[T] keep (False = idle / zero-action frame)."""
-    return tf.idle_frame_mask(ep["steps"]["action"], DROID_Q01, DROID_Q99)
+def droid_idle_filter(ep: dict, normalized_action: np.ndarray) -> np.ndarray:
+    """Frame filter: bool[T] keep (False = idle frame: every movement dim at DROID's normalized
+    zero). Runs after statistics, on the action normalized with them (OpenVLA's order)."""
+    return tf.idle_frame_mask(normalized_action, DROID_Q01, DROID_Q99)
 
 
 def _droid_features(images: tuple) -> dict:
@@ -390,7 +394,8 @@ SPECS = (
         transform=_bridge,
         inverse=_bridge_inverse,
         episode_id_keys=("episode_metadata/episode_id", "episode_metadata/file_path"),
-        synthesis_notes="T + 2 raw steps (first and last dropped); gripper must be binary",
+        synthesis_notes="T + 2 raw steps (first and last dropped); gripper must be binary; rotations equal "
+                        "the plan's modulo 2 pi (Euler states wrap)",
     ),
     DatasetSpec(
         name="fmb_dataset",
@@ -514,7 +519,8 @@ SPECS = (
         transform=_bridge_oxe,
         inverse=_bridge_oxe_inverse,
         episode_id_keys=("episode_id",),
-        synthesis_notes="T + 2 raw steps (first and last are dropped); gripper stored as bool",
+        synthesis_notes="T + 2 raw steps (first and last are dropped); gripper stored as bool; rotations "
+                        "equal the plan's modulo 2 pi (Euler states wrap)",
     ),
     DatasetSpec(
         name="droid_wipe",

@@ -94,7 +94,9 @@ class DatasetSpec:
     splits: dict
     in_magic_soup_plus: bool = False
     episode_filters: tuple = ()  # (reason, fn(raw) -> bool keep)
-    frame_filter: tuple | None = None  # (reason, fn(canonical_ep) -> bool[T] keep)
+    # (reason, fn(canonical_ep, normalized_action float32[T, 7]) -> bool[T] keep); runs after
+    # statistics, on the action normalized with them (BOUNDS_Q99), as OpenVLA's frame filters do
+    frame_filter: tuple | None = None
     state_size: int = 8
     known_issues: tuple = ()  # one-line descriptions; "[fixable]" ones change with fix_known_issues
     control_hz: float | None = None

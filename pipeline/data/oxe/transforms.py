@@ -238,18 +238,18 @@ def hash_coin(*parts: str, p: float = 0.5) -> bool:
 
 
 def idle_frame_mask(
-    action: np.ndarray, q01: np.ndarray, q99: np.ndarray, *, atol: float = 1e-5
+    normalized_action: np.ndarray, q01, q99, *, atol: float = 1e-5
 ) -> np.ndarray:
-    """bool[T] keep-mask: False where all movement dims normalize (BOUNDS_Q99) to the value of 0.
+    """bool[T] keep-mask of OpenVLA's DROID zero-action filter, in its float32 arithmetic.
 
-    ``action`` float[T, >=d], ``q01``/``q99`` float[d] (d movement dims, d = len(q01)).
+    ``normalized_action`` float[T, >=d] is the action AFTER BOUNDS_Q99 normalization with the
+    dataset's own statistics. A frame is idle (False) when each of its first d = len(q01) dims is
+    within ``atol`` of the normalized zero computed from the given (hard-coded) percentiles:
+    ``2 * (0 - q01) / (q99 - q01 + 1e-8) - 1`` (float32, no clip). When the dataset's statistics
+    differ from those percentiles, zero actions do not normalize to that value and are kept.
     """
-    q01 = np.asarray(q01, np.float64)
-    q99 = np.asarray(q99, np.float64)
-    a = np.asarray(action, np.float64)[:, : q01.size]
-
-    def norm(x):
-        return np.clip(2.0 * (x - q01) / (q99 - q01 + 1e-8) - 1.0, -1.0, 1.0)
-
-    idle = np.all(np.abs(norm(a) - norm(np.zeros_like(q01))) <= atol, axis=1)
-    return ~idle
+    q01 = np.asarray(q01, np.float32)
+    q99 = np.asarray(q99, np.float32)
+    zero = np.float32(2) * (np.float32(0) - q01) / (q99 - q01 + np.float32(1e-8)) - np.float32(1)
+    a = np.asarray(normalized_action, np.float32)[:, : q01.size]
+    return np.any(np.abs(a - zero) > np.float32(atol), axis=1)

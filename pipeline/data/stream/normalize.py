@@ -9,6 +9,14 @@ BOUNDS_Q99, per dimension ``d``::
 The constant-dims rule is applied AFTER normalization and regardless of the mask, for action and
 proprio alike (so a constant gripper column becomes 0.0). Proprio has no mask: every dim is
 normalized. Statistics come from ``dataset_statistics.json`` (OpenVLA format, keyed by dataset).
+
+Arithmetic exactly as OpenVLA's TensorFlow graph does it (same bits, so the same token at every bin
+edge): the statistics stay the float64 values of the JSON file; the frame ``x`` is float32;
+``2 * (x - float32(q01))`` is float32; the denominator ``q99 - q01 + 1e-8`` is computed in float64
+(numpy, before TF sees it) and then rounded to float32; the division, ``- 1`` and the clip are
+float32. So an action exactly at q99 gives 1.0 (token 31744) when 1e-8 is below float32 resolution
+of ``q99 - q01`` (e.g. q01 = -0.25, q99 = 0.25), and 0.99999976 (token 31745) for q01 = -0.3,
+q99 = 0.35, as in OpenVLA.
 """
 
 from __future__ import annotations
@@ -28,10 +36,10 @@ _EPS = 1e-8
 class NormStats:
     """Per-dimension statistics of one array key (action or proprio)."""
 
-    q01: np.ndarray  # float32 [D]
-    q99: np.ndarray  # float32 [D]
-    min: np.ndarray  # float32 [D]
-    max: np.ndarray  # float32 [D]
+    q01: np.ndarray  # float64 [D] (the JSON values)
+    q99: np.ndarray  # float64 [D]
+    min: np.ndarray  # float64 [D]
+    max: np.ndarray  # float64 [D]
     mask: np.ndarray  # bool [D]; dims normalized (others passed through)
 
 
@@ -47,18 +55,18 @@ def normalize_bounds_q99(x: np.ndarray, stats: NormStats) -> np.ndarray:
     x = np.asarray(x, dtype=np.float32)
     if x.shape[-1] != stats.q01.shape[0]:
         raise ValueError(f"normalize: array has {x.shape[-1]} dims but statistics have {stats.q01.shape[0]}")
-    q01 = stats.q01.astype(np.float64)
-    q99 = stats.q99.astype(np.float64)
-    scaled = np.clip(2.0 * (x.astype(np.float64) - q01) / (q99 - q01 + _EPS) - 1.0, -1.0, 1.0)
+    q01 = np.asarray(stats.q01, np.float64)
+    span = (np.asarray(stats.q99, np.float64) - q01 + _EPS).astype(np.float32)  # float64, then float32
+    scaled = np.clip(np.float32(2) * (x - q01.astype(np.float32)) / span - np.float32(1), -1, 1)
     out = np.where(stats.mask, scaled, x)
-    out = np.where(stats.min == stats.max, 0.0, out)
+    out = np.where(np.asarray(stats.min) == np.asarray(stats.max), np.float32(0), out)
     return out.astype(np.float32)
 
 
 def _vec(entry: dict, key: str, where: str, dim: int | None) -> np.ndarray:
     if key not in entry:
         raise UserError(f"{where}: missing '{key}' (expected OpenVLA dataset_statistics format)")
-    arr = np.asarray(entry[key], dtype=np.float32).reshape(-1)
+    arr = np.asarray(entry[key], dtype=np.float64).reshape(-1)
     if dim is not None and arr.shape[0] != dim:
         raise UserError(f"{where}: '{key}' has {arr.shape[0]} values, expected {dim}")
     return arr

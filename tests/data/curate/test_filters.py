@@ -83,19 +83,19 @@ def test_image_probe_checks_several_frames():
 
 def test_registry_filters_and_frame_filter():
     spec = SimpleNamespace(episode_filters=(("kuka_success", lambda raw: bool(raw["success"])),),
-                           frame_filter=("droid_idle", lambda ep: np.abs(ep["steps"]["action"][:, 0]) > 0))
+                           frame_filter=("droid_idle", lambda ep, norm: np.abs(norm[:, 0]) > 0))
     assert registry_episode_filters({"success": np.bool_(False)}, spec, FilterConfig()) == "kuka_success"
     assert registry_episode_filters({"success": np.bool_(False)}, spec, FilterConfig(registry_filters=False)) is None
     ep = _episode(t=5)
     ep["steps"]["action"][[0, 3], 0] = 0.0
-    out, dropped, reason = apply_frame_filter(ep, spec, FilterConfig())
+    out, dropped, reason = apply_frame_filter(ep, spec, FilterConfig(), ep["steps"]["action"] * 2)
     assert (dropped, reason, len(out["steps"]["action"])) == (2, "droid_idle", 3)
     assert out["steps"]["is_first"].tolist() == [True, False, False]
     assert out["steps"]["is_last"].tolist() == [False, False, True]
     assert validate_episode(out) == []
     ep["steps"]["action"][:, 0] = 0.0
-    assert apply_frame_filter(ep, spec, FilterConfig())[0] is None
-    assert apply_frame_filter(ep, spec, FilterConfig(frame_filter=False))[1] == 0
+    assert apply_frame_filter(ep, spec, FilterConfig(), ep["steps"]["action"])[0] is None
+    assert apply_frame_filter(ep, spec, FilterConfig(frame_filter=False), ep["steps"]["action"])[1] == 0
 
 
 def test_quarantine_merge_and_table():

@@ -152,17 +152,24 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     code, stdout, err = _vla(capsys, "curate", f"mixture={mixture}", f"source={raw_root}", f"out={out}", "progress=false")
     assert code == 0, err
     manifest = CuratedDataset(out, ROBOT).read_manifest()
-    assert manifest["total_episodes"] == 6 and manifest["proprio_dim"] == 13
-    stats = fs.read_json(fs.join(CuratedDataset(out, ROBOT).url, "dataset_statistics.json"))[ROBOT]
-    assert stats["num_trajectories"] == 6 and stats["action"]["mask"] == [True] * 6 + [False]
-    # by hand: the raw episodes, standardized with numpy only, match the curated actions (by episode id)
+    # by hand: the raw episodes, standardized with numpy only, match the curated actions (by episode id);
+    # the registered success filter drops failures before statistics, unlabeled ones are dropped after
     info = open_builder(f"{raw_root}/{ROBOT}")
-    expected = {}
+    expected, successful = {}, 0
     for shard in info.splits["train"]:
         for raw in read_episodes(shard.url, info.features):
+            if not raw["episode_metadata"]["success"]:
+                continue
+            successful += 1
+            if not any(raw["steps"]["task"]):
+                continue
             a = raw["steps"]["action"]
             expected[raw["episode_metadata"]["file_path"].decode()] = np.concatenate(
                 [a[:, :3], tf.quat_to_euler(a[:, 3:7]), 1.0 - a[:, 7:8]], 1)
+    assert 0 < len(expected) < successful < 6  # the fixture has failed and unlabeled episodes
+    assert manifest["total_episodes"] == len(expected) and manifest["proprio_dim"] == 13
+    stats = fs.read_json(fs.join(CuratedDataset(out, ROBOT).url, "dataset_statistics.json"))[ROBOT]
+    assert stats["num_trajectories"] == successful and stats["action"]["mask"] == [True] * 6 + [False]
     features = curated_features(manifest["proprio_dim"])
     seen = 0
     for shard in manifest["shards"]:
@@ -172,7 +179,7 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
             assert set(np.unique(ep["steps"]["action"][:, 6])) <= {0.0, 1.0}
             assert ep["steps"]["observation"]["image_wrist"][0][:4] == b"\x89PNG"
             seen += 1
-    assert seen == 6
+    assert seen == len(expected)
     # editing the entry changes the curation key: the dataset is curated again, not reused
     assert "curated" in stdout
     assert _register(capsys, raw_root, registry, "force=true", "state_keys=[ee_pose]")[0] == 0
@@ -187,7 +194,9 @@ def test_make_demo_robot_dataset(tmp_path, ray_session):
     paths = make_demo_robot_dataset(str(tmp_path / "demo"), episodes=4, image_size=32, steps="5-7")
     assert paths["dataset"] == "acme_arm_demo" and paths["episodes"] == {"train": 3, "val": 1}
     manifest = fs.read_json(fs.join(paths["curated_dir"], MANIFEST_NAME))
-    assert manifest["total_episodes"] == paths["curated_episodes"] == 3
+    q = fs.read_json(fs.join(paths["curated_dir"], "quarantine.json"))
+    assert manifest["total_episodes"] == paths["curated_episodes"]  # the source has a val split: all of train
+    assert manifest["total_episodes"] + manifest["validation"]["total_episodes"] == 4 - q["episodes_dropped"]
     assert fs.exists(fs.join(paths["curated_dir"], "dataset_statistics.json"))
     again = make_demo_robot_dataset(str(tmp_path / "again"), episodes=4, image_size=32, steps="5-7", curate=False)
     assert again["curated"] == ""
@@ -209,6 +218,7 @@ def test_register_from_gcs(capsys, raw_root, registry, gcs_bucket):
 
 def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
     """A Ray worker that cannot see the YAML (remote cluster) curates from the entry the driver sends."""
+    from pipeline.data.curate.splits import TRAIN, SplitRole
     from pipeline.data.curate.tasks import MapJob, run_map
     from pipeline.errors import UserError
 
@@ -218,7 +228,10 @@ def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
         get_spec(ROBOT)
     info = open_builder(f"{raw_root}/{ROBOT}")
     shard = info.splits["train"][0]
-    job = MapJob(dataset=ROBOT, shard_url=shard.url, shard_index=0, source_features=info.features,
-                 parts=str(tmp_path / "parts"), num_buckets=1, seed=0, run_key="k", proprio_dim=7, spec_entry=entry)
+    job = MapJob(dataset=ROBOT, shard_url=shard.url, shard_index=0, role=SplitRole("train", TRAIN),
+                 source_features=info.features, parts=str(tmp_path / "parts"), num_buckets=1, seed=0, run_key="k",
+                 proprio_dim=7, spec_entry=entry)
     marker = run_map(job)
-    assert marker["episodes"] == shard.num_episodes and marker["quarantine"]["episodes_dropped"] == 0
+    q = marker["quarantine"]
+    assert marker["episodes"] + q["episodes_dropped"] == shard.num_episodes and marker["episodes"] > 0
+    assert set(q["reasons"]) <= {"empty_instruction"}  # the fixture's unlabeled episodes

@@ -212,6 +212,11 @@ def test_kuka_success_filter():
 
 
 def test_droid_idle_frame_filter():
+    """After normalization with the dataset's statistics: zero actions are idle when those statistics
+    are DROID's published percentiles, and kept (as in OpenVLA) when they are not."""
+    from pipeline.data.oxe.datasets_other import DROID_Q01, DROID_Q99
+    from pipeline.data.stream.normalize import NormStats, normalize_bounds_q99
+
     spec = get_spec("droid")
     reason, keep = spec.frame_filter
     assert reason == "droid_idle"
@@ -219,7 +224,15 @@ def test_droid_idle_frame_filter():
     action[1, 0] = 0.05  # moving
     action[2, 6] = 1.0  # gripper only: still idle (filter looks at the 6 movement dims)
     action[3, 5] = 1e-7  # below the tolerance after normalization
-    np.testing.assert_array_equal(keep({"steps": {"action": action}}), [False, True, False, False])
+
+    def stats(q01, q99):
+        q01, q99 = np.array([*q01, 0.0]), np.array([*q99, 1.0])
+        return NormStats(q01=q01, q99=q99, min=q01 - 1, max=q99 + 1, mask=np.array([True] * 6 + [False]))
+
+    droid = normalize_bounds_q99(action, stats(DROID_Q01, DROID_Q99))
+    np.testing.assert_array_equal(keep({"steps": {"action": action}}, droid), [False, True, False, False])
+    other = normalize_bounds_q99(action, stats([-1.0] * 6, [0.5] * 6))
+    np.testing.assert_array_equal(keep({"steps": {"action": action}}, other), [True] * 4)
     assert all(get_spec(n).frame_filter is None for n in MAGIC_SOUP_PLUS if n != "droid")
 
 

@@ -125,6 +125,9 @@ def test_hash_coin_deterministic_and_balanced():
 
 
 def test_idle_frame_mask():
-    q01, q99 = np.array([-1.0, -2.0]), np.array([1.0, 2.0])
-    action = np.array([[0, 0, 1], [0, 1e-9, 0], [0.1, 0, 0], [0, 0, 0]])
-    np.testing.assert_array_equal(tf.idle_frame_mask(action, q01, q99), [False, False, True, False])
+    """Input: actions already normalized with the dataset's statistics; idle = every movement dim
+    within 1e-5 of 2 * (0 - q01) / (q99 - q01 + 1e-8) - 1 of the given percentiles (float32)."""
+    q01, q99 = np.array([-1.0, -0.5]), np.array([1.0, 1.5])
+    # normalized zero: dim 0: 2 * 1 / (2 + 1e-8) - 1 = 0 (float32); dim 1: 2 * 0.5 / 2 - 1 = -0.5
+    action = np.array([[0, -0.5, 1], [0, -0.5 + 1e-6, 0], [0.1, -0.5, 0], [0, 0, 0], [0, -0.5 + 2e-5, 0]])
+    np.testing.assert_array_equal(tf.idle_frame_mask(action, q01, q99), [False, False, True, True, True])

@@ -170,7 +170,7 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
                     markers[m["file"]] = m
         for f in sorted(os.listdir(d)):
             path = os.path.join(d, f)
-            if ".tmp-" in f or not f.startswith(f"{name}-train.tfrecord-"):
+            if ".tmp-" in f or not f.startswith((f"{name}-train.tfrecord-", f"{name}-val.tfrecord-")):
                 continue
             try:
                 n = sum(1 for _ in read_records(path))
@@ -182,7 +182,8 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
         manifest = os.path.join(d, "manifest.json")
         if os.path.exists(manifest):
             with open(manifest) as fh:
-                shards = json.load(fh)["shards"]
+                listed = json.load(fh)
+            shards = [*listed["shards"], *listed.get("validation", {}).get("shards", [])]
             for s in shards:
                 p = os.path.join(d, s["file"])
                 if not os.path.exists(p) or _sha(p) != s["sha256"]:
