@@ -1,11 +1,14 @@
-"""``vla mixture show`` and ``vla mixture diff``: per-dataset weights, frames, shares, draws and passes.
+"""``vla mixture show`` and ``vla mixture diff``: per-dataset weights, sizes, shares, draws and passes.
 
 Shares and draws per epoch come from :func:`pipeline.data.mixture.shares.epoch_draws`, the function
 the training stream samples with: ``draws_per_epoch`` is exactly how many frames of each dataset an
 epoch of the stream holds (the stream counts frames in its record index; it equals the manifest's
-``total_frames`` unless shards were damaged after curation). Numbers that need curated data
-(frames, trajectories, size-balanced shares, draws, passes) print as ``?`` (``null`` in ``--json``)
-when ``curated=`` is not given or a weighted dataset is not curated there.
+``total_frames`` unless shards were damaged after curation). Both counts are read through
+:class:`~pipeline.data.manifest.CuratedDataset`: ``frames`` / ``trajectories`` (curated training
+split, from the manifest) and ``num_transitions`` (statistics over split ``all``, what size-balanced
+shares weight by). Numbers that need curated data (sizes, size-balanced shares, draws, passes) print
+as ``?`` (``null`` in ``--json``) when ``curated=`` is not given or a weighted dataset is not
+curated there.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ __all__ = ["MixtureShowConfig", "MixtureDiffConfig", "mixture_rows", "run_show",
 @dataclass(kw_only=True)
 class MixtureShowConfig:
     name: str = helpfield(MISSING, "mixture name (dataset_mixtures/NAME.yaml) or path to a YAML file")
-    curated: str = helpfield("", "curated data root (vla curate out=...) for frame counts")
+    curated: str = helpfield("", "curated data root (vla curate out=...) for num_transitions and frames")
     json: bool = helpfield(False, "print JSON instead of a table")
     plot: str = helpfield("", "write a PNG bar chart of the shares to this file")
     steps: int = helpfield(0, "planned training steps (with global_batch: passes per run)")
@@ -39,25 +42,27 @@ class MixtureShowConfig:
 class MixtureDiffConfig:
     a: str = helpfield(MISSING, "first mixture (name or path)")
     b: str = helpfield(MISSING, "second mixture (name or path)")
-    curated: str = helpfield("", "curated data root for frame counts (size-balanced shares)")
+    curated: str = helpfield("", "curated data root for num_transitions (size-balanced shares)")
     json: bool = helpfield(False, "print JSON instead of a table")
 
 
-def _counts(mixture: Mixture, curated: str) -> dict[str, tuple[int, int]]:
+def _counts(mixture: Mixture, curated: str) -> dict[str, tuple[int, int, int]]:
+    """``(training frames, training trajectories, num_transitions)`` of each curated dataset."""
     if not curated:
         return {}
     out = {}
     for name in mixture.datasets:
-        counts = CuratedDataset(curated, name).counts()
+        dataset = CuratedDataset(curated, name)
+        counts = dataset.counts()
         if counts is not None:
-            out[name] = counts
+            out[name] = (*counts, dataset.num_transitions())
     return out
 
 
-def _draws(mixture: Mixture, frames: dict[str, int]) -> EpochDraws | None:
+def _draws(mixture: Mixture, counts: dict[str, tuple[int, int, int]]) -> EpochDraws | None:
     try:
-        return epoch_draws(mixture, frames)
-    except ValueError:  # a weighted dataset is not curated: frame counts unknown
+        return epoch_draws(mixture, {n: c[0] for n, c in counts.items()}, {n: c[2] for n, c in counts.items()})
+    except ValueError:  # a weighted dataset is not curated: its counts are unknown
         return None
 
 
@@ -72,11 +77,11 @@ def _shares(mixture: Mixture, draws: EpochDraws | None) -> dict[str, float] | No
 
 
 def mixture_rows(mixture: Mixture, curated: str = "", steps: int = 0, global_batch: int = 0) -> list[dict]:
-    """One dict per dataset: weight, frames, trajectories, share, draws_per_epoch, passes_per_epoch,
-    passes_per_run (a dataset of weight 0 has share and draws 0: the stream leaves it out)."""
+    """One dict per dataset: weight, num_transitions, frames, trajectories, share, draws_per_epoch,
+    passes_per_epoch, passes_per_run (a dataset of weight 0 has share and draws 0: the stream leaves it out)."""
     counts = _counts(mixture, curated)
     frames = {n: c[0] for n, c in counts.items()}
-    draws = _draws(mixture, frames)
+    draws = _draws(mixture, counts)
     shares = _shares(mixture, draws)
     draw_counts = dict(zip(draws.names, draws.counts.tolist())) if draws is not None else None
     epoch = draws.epoch_length if draws is not None else None
@@ -87,8 +92,10 @@ def mixture_rows(mixture: Mixture, curated: str = "", steps: int = 0, global_bat
         n = frames.get(name)
         per_epoch = share * epoch / n if share is not None and epoch is not None and n else None
         per_run = share * planned / n if share is not None and planned is not None and n else None
-        rows.append({"dataset": name, "weight": weight, "frames": n, "trajectories": counts.get(name, (0, None))[1],
-                     "share": share, "draws_per_epoch": draw_counts.get(name, 0) if draw_counts is not None else None,
+        _, trajectories, transitions = counts.get(name, (None, None, None))
+        rows.append({"dataset": name, "weight": weight, "num_transitions": transitions, "frames": n,
+                     "trajectories": trajectories, "share": share,
+                     "draws_per_epoch": draw_counts.get(name, 0) if draw_counts is not None else None,
                      "passes_per_epoch": per_epoch, "passes_per_run": per_run})
     return rows
 
@@ -139,16 +146,19 @@ def run_show(cfg: MixtureShowConfig) -> int:
         return 0
     print(f"mixture {mixture.name} ({mixture.path}): {mixture.description}")
     print(f"balance_by_size: {mixture.balance_by_size}; epoch ({_fmt(epoch, 'd')} draws): {EPOCH_DEFINITION}")
-    columns = [("dataset", "dataset", ""), ("weight", "weight", ".4g"), ("frames", "frames", "d"),
+    columns = [("dataset", "dataset", ""), ("weight", "weight", ".4g"), ("num_transitions", "transitions", "d"),
+               ("frames", "frames", "d"),
                ("trajectories", "trajs", "d"), ("share", "share", ".4f"), ("draws_per_epoch", "draws/epoch", "d"),
                ("passes_per_epoch", "passes/epoch", ".3f")]
     if cfg.steps and cfg.global_batch:
         columns.append(("passes_per_run", f"passes/run({cfg.steps}x{cfg.global_batch})", ".3f"))
     print(_table(rows, columns))
+    print("transitions = num_transitions of the statistics (split all: OpenVLA's size, shares weight by it "
+          "when balance_by_size); frames = curated training frames (the epoch draws that many)")
     unknown = [r["dataset"] for r in rows if r["frames"] is None]
     if unknown:
         where = f"not curated under {cfg.curated}" if cfg.curated else "no curated= given"
-        print(f"? = unknown: frames of {len(unknown)} dataset(s) ({where}); shares need them when "
+        print(f"? = unknown: sizes of {len(unknown)} dataset(s) ({where}); shares need them when "
               f"balance_by_size is true, draws and passes always do")
     if cfg.plot:
         print(f"plot written to {cfg.plot}")
@@ -184,6 +194,6 @@ def run_diff(cfg: MixtureDiffConfig) -> int:
                            ("share_b", "share_b", ".4f"), ("share_delta", "Δshare", "+.4f")]))
     if any(r["share_delta"] is None for r in changed):
         where = f"not all curated under {cfg.curated}" if cfg.curated else "pass curated=ROOT"
-        print(f"? = unknown: size-balanced shares need the frame counts of every dataset ({where})")
+        print(f"? = unknown: size-balanced shares need the num_transitions of every dataset ({where})")
     return 0
 

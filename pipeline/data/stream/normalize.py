@@ -47,7 +47,6 @@ class NormStats:
 class DatasetNorm:
     action: NormStats
     proprio: NormStats | None
-    num_transitions: int
 
 
 def normalize_bounds_q99(x: np.ndarray, stats: NormStats) -> np.ndarray:
@@ -100,4 +99,4 @@ def parse_dataset_norm(stats: dict, dataset_name: str, *, where: str = "dataset_
     proprio = None
     if "proprio" in entry:
         proprio = _parse_stats(entry["proprio"], f"{where}[{dataset_name}].proprio", with_mask=False)
-    return DatasetNorm(action=action, proprio=proprio, num_transitions=int(entry.get("num_transitions", 0)))
+    return DatasetNorm(action=action, proprio=proprio)

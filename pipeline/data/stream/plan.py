@@ -4,11 +4,12 @@ EPOCH DEFINITION (pure function of the data layout, mixture, seed and epoch numb
 
 - draws: dataset ``i`` gets ``c_i`` of the epoch's ``E = sum_i N_i`` draws, as
   :func:`pipeline.data.mixture.shares.epoch_draws` computes them (``N_i`` = its frames in the stream's
-  record index; shares from the mixture weights; largest-remainder rounding).
+  record index; shares from the mixture weights and, when balanced by size, the ``num_transitions``
+  of the statistics; largest-remainder rounding).
 - per-dataset walk: a "pass" is a seeded permutation of ALL ``N_i`` frames of the dataset; the
   ``c_i`` draws walk pass 0, then pass 1 (a fresh permutation), ... and stop after ``c_i`` draws
-  (so ``c_i < N_i`` truncates, ``c_i > N_i`` wraps around). With ``balance_by_size`` and all
-  weights equal, ``c_i == N_i``: every frame is drawn exactly once per epoch.
+  (so ``c_i < N_i`` truncates, ``c_i > N_i`` wraps around). When every ``c_i == N_i`` (e.g. one
+  dataset) every frame is drawn exactly once per epoch.
 - a pass is a *windowed* permutation so that it can be read with bounded memory: the shard order is
   shuffled, the episodes of the shards are concatenated in that order (file order inside a shard:
   reads stay sequential) giving each episode a sequence number ``j``, and every frame of episode

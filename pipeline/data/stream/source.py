@@ -54,6 +54,7 @@ class EpisodeSource(Protocol):
     name: str
     layout: DatasetLayout  # shards, frames per episode
     norm: DatasetNorm  # dataset_statistics.json entry
+    num_transitions: int  # its num_transitions (split all): the size size-balanced mixtures weight by
     episode_bytes: np.ndarray  # int64 [episodes] estimated cache bytes per episode
 
     def read_episode(self, episode: int, cameras: Sequence[str]) -> Episode: ...  # CorruptDataError on bad bytes
@@ -126,6 +127,7 @@ class CuratedSource:
                                     frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
         self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
         self.norm = parse_dataset_norm(dataset.statistics(), name, where=dataset.file(STATISTICS_NAME))
+        self.num_transitions = dataset.num_transitions()
         self.skipped_records = _skipped_records(shards, index)
         if self.skipped_records:
             log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,

@@ -12,8 +12,9 @@ Flow (one rank)::
       -> BOUNDS_Q99 action normalization (normalize.py) + prompt builder + collate -> batch
 
 EPOCH DEFINITION: see ``pipeline.data.mixture.shares`` and ``pipeline.data.stream.plan`` (one epoch =
-E = sum_i N_i draws; dataset i gets round(share_i * E) of them, walking seeded windowed permutations
-of its frames, wrapping or truncating). The mixture is parsed once by the caller and handed in. The
+E = sum_i N_i draws, N_i = training frames; dataset i gets round(share_i * E) of them, walking seeded
+windowed permutations of its frames, wrapping or truncating; share_i ∝ w_i * num_transitions_i of its
+statistics, as OpenVLA, when the mixture balances by size). The mixture is parsed once by the caller and handed in. The
 window W_i (episodes "live" at once in dataset i's permutation) is derived from ``buffer_bytes``:
 W_i = max(1, 1.5 * buffer_bytes * share_i / mean episode bytes of dataset i) (frames are freed as
 they are used, so on average half of each live episode is held), so the plan depends on
@@ -72,7 +73,7 @@ __all__ = ["StreamConfig", "TrainingStream", "STATE_VERSION"]
 
 log = logging.getLogger("pipeline.stream")
 _NO_PIXELS = np.zeros((0,), dtype=np.float32)
-STATE_VERSION = 2  # 2: hashes by manifest.content_hash
+STATE_VERSION = 3  # 2: hashes by manifest.content_hash; 3: shares by num_transitions (statistics, split all)
 
 
 @dataclass(kw_only=True)
@@ -142,11 +143,18 @@ class TrainingStream:
         if self.dataset_names != names:
             raise ValueError(f"sources {self.dataset_names} are not the weighted datasets {names} of "
                              f"mixture {mixture.name}")
-        draws = epoch_draws(mixture, {s.name: s.layout.num_frames for s in self._sources})
+        draws = epoch_draws(mixture, {s.name: s.layout.num_frames for s in self._sources},
+                            {s.name: s.num_transitions for s in self._sources})
         self.shares, self.counts = draws.shares, draws.counts
+        empty = [f"{s.name} (num_transitions {s.num_transitions})" for s, c in zip(self._sources, self.counts)
+                 if c > 0 and s.layout.num_frames == 0]
+        if empty:  # its statistics give it a share, but curation (or damage) left no frame to draw
+            raise UserError(f"mixture {mixture.name}: no {cfg.split} frames to draw for {', '.join(empty)}; "
+                            f"give it weight 0 or re-curate it")
         self.windows = [self._window(s, share) for s, share in zip(self._sources, self.shares)]
+        # every input of the shares and the epoch length: another value draws otherwise, so a state is refused
         self.mixture_hash = content_hash({"names": self.dataset_names, "weights": list(draws.weights),
-                                          "sizes": list(draws.frames),
+                                          "frames": list(draws.frames), "transitions": list(draws.transitions),
                                           "balance": bool(mixture.balance_by_size)})[:16]
         self.plan_hash = content_hash({"mixture": self.mixture_hash, "windows": self.windows,
                                        "counts": self.counts.tolist()})[:16]
@@ -330,7 +338,7 @@ class TrainingStream:
         expect = {"version": STATE_VERSION, "seed": self.seed, "mixture_hash": self.mixture_hash,
                   "plan_hash": self.plan_hash}
         why = {"version": "saved by another stream version", "seed": "set stream.seed to the saved seed",
-               "mixture_hash": "the mixture weights or the curated data changed",
+               "mixture_hash": "the mixture weights or the curated data (frames, statistics) changed",
                "plan_hash": "stream.buffer_bytes changed (it sets the shuffle window)"}
         for key, value in expect.items():
             if state.get(key) != value:

@@ -216,6 +216,33 @@ def test_stream_tokens_equal_by_hand(curated, raw):
     assert checked > 300 and differ > 0
 
 
+def test_shares_weight_num_transitions_of_split_all(curated, raw, capsys):
+    """As OpenVLA's interleave (balance_weights): the stream's shares are weight x num_transitions over
+    split "all" of the source (val, test, unlabeled episodes included), counted by hand; the epoch
+    draws the curated training frames; `vla mixture show` prints the stream's own draws."""
+    import json
+
+    from pipeline import cli
+    from pipeline.data.mixture.files import load_mixture
+    from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
+
+    mixture = load_mixture("demo")
+    transitions = [by_hand(raw, name)["stats"]["n"] for name in DATASETS]
+    sized = [mixture.datasets[name] * n for name, n in zip(DATASETS, transitions)]
+    frames = [CuratedDataset(curated, name).counts()[0] for name in DATASETS]
+    assert all(t > n for t, n in zip(transitions, frames))
+    cfg = StreamConfig(num_workers=0, buffer_bytes=2**20)
+    with TrainingStream(cfg, data_root=curated, batch_size=4, seed=0, resolution=16, rank=0, world_size=1,
+                        prompt_builder=lambda s: s, pad_id=0, mixture=mixture) as stream:
+        np.testing.assert_allclose(stream.shares, np.array(sized) / sum(sized), rtol=1e-12)
+        assert stream.epoch_length() == sum(frames)
+        counts = stream.counts.tolist()
+    assert cli.main(["mixture", "show", "demo", f"curated={curated}", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [r["draws_per_epoch"] for r in report["datasets"]] == counts
+    assert [r["num_transitions"] for r in report["datasets"]] == transitions
+
+
 @pytest.mark.slow
 def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
     from pipeline import cli

@@ -35,7 +35,6 @@ def test_parse_dataset_norm_openvla_format():
              "num_transitions": 12, "num_trajectories": 2}
     norm = parse_dataset_norm({"toy": entry}, "toy")
     assert norm.action.mask.tolist() == [True] * 6 + [False] and norm.proprio.mask.all()
-    assert norm.num_transitions == 12
     np.testing.assert_allclose(normalize_bounds_q99([0.25, 3.0], norm.proprio), [-0.5, 1.0])
     from pipeline.errors import UserError
 

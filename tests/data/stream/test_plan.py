@@ -26,9 +26,10 @@ B = _layout("b", [[6, 6], [6]])  # 18 frames, 3 episodes
 
 
 def _draws(weights: list[float], sizes: list[int], balance_by_size: bool) -> np.ndarray:
-    """The stream's per-epoch draws of datasets "a", "b" (mixture.shares.epoch_draws)."""
+    """The stream's per-epoch draws of datasets "a", "b" (mixture.shares.epoch_draws) when their
+    statistics count exactly their training frames (num_transitions == frames)."""
     mixture = Mixture(name="t", datasets=dict(zip("ab", weights)), balance_by_size=balance_by_size)
-    return epoch_draws(mixture, dict(zip("ab", sizes))).counts
+    return epoch_draws(mixture, dict(zip("ab", sizes)), dict(zip("ab", sizes))).counts
 
 
 def _frames(layout: DatasetLayout) -> set[tuple[int, int]]:

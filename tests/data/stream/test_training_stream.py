@@ -14,7 +14,7 @@ import torch
 from pipeline import fs
 from pipeline.data.fixtures.curated import write_curated_dataset
 from pipeline.data.io.errors import CorruptRecordError
-from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset
+from pipeline.data.manifest import MANIFEST_NAME, STATISTICS_NAME, CuratedDataset
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.stream.normalize import normalize_bounds_q99
 from pipeline.data.stream.source import CuratedSource, _curated_episode
@@ -272,9 +272,13 @@ def test_corrupt_record_found_by_the_index_scan_is_left_out(data_root, tmp_path,
     cfg = _cfg(root, str(tmp_path))  # fresh index cache: the scan sees the damage
     with caplog.at_level(logging.WARNING, logger="pipeline.stream"), _stream(cfg) as s:
         assert s.epoch_length() == TOTAL - LENGTHS["bridge_orig"][1]
+        # the shares still follow the statistics (30 : 18) over the 42 frames left: 26.25, 15.75 -> 26, 16
+        assert s.counts.tolist() == [26, 16]
         metas = [m for b in _take(s, s.epoch_length() // 2) for m in b["meta"]]
     lost = {("bridge_orig", "bridge_orig-00001", f) for f in range(LENGTHS["bridge_orig"][1])}
-    assert len(metas) == len(set(metas)) and set(metas) == _all_frames() - lost
+    bridge = [m for m in metas if m[0] == "bridge_orig"]
+    assert len(bridge) == 26 and set(bridge) == {m for m in _all_frames() - lost if m[0] == "bridge_orig"}
+    assert set(metas) <= _all_frames() - lost
     assert any(shard in r.getMessage() and "record 1" in r.getMessage() for r in caplog.records)
 
 
@@ -293,6 +297,40 @@ def test_mismatched_state_is_refused(data_root, tmp_path):
         assert other.mixture_hash == state["mixture_hash"] and other.plan_hash != state["plan_hash"]
         with pytest.raises(UserError, match="plan_hash"):
             other.load_state_dict(state)
+
+
+def test_shares_follow_num_transitions_and_a_change_refuses_the_state(data_root, tmp_path):
+    """Shares weight num_transitions of the statistics (split all), not the training frames; new statistics
+    with the same frames change the draws, so an old state is refused rather than resumed differently."""
+    root = str(tmp_path / "data")
+    shutil.copytree(data_root, root)
+    cfg = _cfg(root, str(tmp_path))
+    with _stream(cfg) as s:  # the fixture's statistics count exactly its frames: 30 : 18
+        assert s.counts.tolist() == [30, 18]
+        next(s)
+        state = s.state_dict()
+    stats = CuratedDataset(root, "bridge_orig").file(STATISTICS_NAME)
+    fs.write_json(stats, {"bridge_orig": {**fs.read_json(stats)["bridge_orig"], "num_transitions": 66}})
+    with _stream(cfg) as other:
+        # 66 : 18 of 48 training frames -> 37.71, 10.29 -> 38, 10
+        assert other.epoch_length() == TOTAL and other.counts.tolist() == [38, 10]
+        assert other.shares.tolist() == pytest.approx([66 / 84, 18 / 84])
+        with pytest.raises(UserError, match="mixture_hash.*statistics"):
+            other.load_state_dict(state)
+    flat = Mixture(name="t", datasets=dict(MIX.datasets), balance_by_size=False)
+    with _stream(_cfg(data_root, str(tmp_path)), mixture=flat) as a, _stream(cfg, mixture=flat) as b:
+        assert a.mixture_hash == b.mixture_hash  # not balanced: the statistics do not change the draws
+
+
+def test_a_weighted_dataset_left_without_frames_is_a_user_error(data_root, tmp_path):
+    """Its statistics give it a share, but its only record is corrupt: nothing to draw, one clear line."""
+    root = str(tmp_path / "data")
+    shutil.copytree(data_root, root)
+    write_curated_dataset(root, "taco_play", episode_lengths=[5], shards=1, image_size=20, seed=3)
+    _flip_record(CuratedSource(CuratedDataset(root, "taco_play"), index_cache_dir=str(tmp_path / "pristine")), 0)
+    mixture = Mixture(name="m", datasets={**MIX.datasets, "taco_play": 1.0})
+    with pytest.raises(UserError, match=r"mixture m: no train frames to draw for taco_play \(num_transitions 5\)"):
+        _stream(_cfg(root, str(tmp_path)), mixture=mixture)
 
 
 def test_weighted_mixture_draw_counts(data_root, tmp_path):

@@ -1,8 +1,10 @@
 """Fault scenario ``rank_kill``: ``kill -9`` one rank of a real 2-rank training run, resume, compare.
 
-Setup: fixtures of two OXE layouts -> Ray curation (cached under ``<workdir>/data``) with a
-mixture of equal weights balanced by size, so an epoch draws every curated frame exactly once
-(minus the tail of < one global batch). Training: torchrun, 2 ranks, gloo, tiny model, CPU,
+Setup: fixtures of two OXE layouts -> Ray curation (cached under ``<workdir>/data``); training reads
+a mixture weighted by the curated training frames and not balanced by size (share_i ∝ N_i), so an
+epoch draws every curated frame exactly once (minus the tail of < one global batch). (Balanced by
+size, shares follow the statistics' num_transitions, which also count episodes the curation held
+out or filtered, as OpenVLA's; frames would then repeat or be skipped within an epoch.) Training: torchrun, 2 ranks, gloo, tiny model, CPU,
 ``debug.sample_log=true`` (each rank logs the (epoch, dataset, episode_id, frame) of every sample
 of every step, see ``pipeline.train.metrics.SampleLog``).
 
@@ -79,19 +81,24 @@ def prepare_data(ctx: FaultContext, episodes: int = 3) -> tuple[str, str, int]:
     base = workdir_dir(ctx, "data")
     mixture = os.path.join(base, "mixture.yaml")
     curated = os.path.join(base, "curated")
-    with open(mixture, "w") as f:
-        f.write("name: fault_rank_kill\ndescription: two fixture datasets, each frame once per epoch\n"
-                "balance_by_size: true\ndatasets:\n" + "".join(f"  {n}: 1.0\n" for n in DATASETS))
     from pipeline.data.manifest import CuratedDataset
+
+    def write_mixture(weights: dict[str, int]) -> None:
+        with open(mixture, "w") as f:
+            f.write("name: fault_rank_kill\ndescription: two fixture datasets, each frame once per epoch "
+                    "(weights = curated training frames)\nbalance_by_size: false\ndatasets:\n"
+                    + "".join(f"  {n}: {w}\n" for n, w in weights.items()))
 
     if not all(CuratedDataset(curated, n).is_curated() for n in DATASETS):
         raw, log = os.path.join(base, "raw"), os.path.join(base, "prepare.log")
+        write_mixture({n: 1 for n in DATASETS})  # curation reads only which datasets it lists
         _cli(["fixture", f"out={raw}", f"datasets=[{','.join(DATASETS)}]", f"episodes={episodes}", "steps=6-8",
               "image_size=16", "shards=1", f"seed={ctx.seed}"], log)
         _cli(["curate", f"mixture={mixture}", f"source={raw}", f"out={curated}", "progress=false",
               "ray.num_cpus=2"], log)
-    frames = sum(CuratedDataset(curated, n).counts()[0] for n in DATASETS)
-    return curated, mixture, frames
+    frames = {n: CuratedDataset(curated, n).counts()[0] for n in DATASETS}
+    write_mixture(frames)  # reweighting never needs re-curation
+    return curated, mixture, sum(frames.values())
 
 
 def train_args(run_dir: str, *, max_steps: int, save_every: int, data: tuple[str, str] | None = None,
