@@ -1,4 +1,5 @@
 # Set-up is two commands on a fresh machine: `make demo` and `make test`. Both install first.
+# `make test-fast` skips the tests marked `slow` (for iterating; CI runs the full `make test`).
 #
 # Install notes (measured, see README "Install"):
 # - pyproject.toml declares the supported ranges and the extras; constraints.txt pins the tested set
@@ -16,7 +17,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-compat lint faults bench-curate bench-stream bench-train bench-infer clean
+.PHONY: install demo test test-fast test-compat lint faults bench-curate bench-stream bench-train bench-infer clean
 
 install: $(STAMP)
 
@@ -35,6 +36,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# the suite without the `slow` end-to-end tests (multi-process runs, the fault scenarios): CI runs `test`
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The lowest supported torch (pyproject.toml: torch>=2.11) under the unit tests that touch torch APIs.
 # .venv-compat holds only torch + torchvision of that release (PyPI's CUDA 13 builds, ~540 MB
@@ -67,7 +72,7 @@ lint: install
 	$(BIN)/ruff check pipeline launch tests
 
 faults: install
-	$(BIN)/python -m pipeline.faults $(FAULTS_ARGS)
+	$(BIN)/python -m tests.faults.suite $(FAULTS_ARGS)
 
 bench-curate: install
 	$(BIN)/python -m pipeline.bench.curate

@@ -22,4 +22,4 @@ def record(run_dir: str, name: str, text: str) -> str:
 
 def record_config(cfg) -> str:
     """Save the resolved launch config as ``<run_dir>/launch/launch.yaml``."""
-    return record(cfg.run_dir, "launch.yaml", to_yaml(cfg))
+    return record(cfg.train.run_dir, "launch.yaml", to_yaml(cfg))

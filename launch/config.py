@@ -1,17 +1,21 @@
 """One launch config for every backend: where to run, on how many nodes, and what to train.
 
 A YAML preset in ``launch/configs/`` plus ``key=value`` overrides (``vla launch --config FILE
-key=value``). The ``train`` list is handed to the trainer verbatim (``key=value`` strings for
-:class:`pipeline.train.config.TrainConfig`) after the keys the launcher owns: ``run_dir``,
-``resume``, the mixture and the curated data URL.
+key=value``). ``train`` is the typed :class:`pipeline.train.config.TrainConfig` of the run (the
+same keys as ``vla train``, under ``train.``: ``train.run_dir``, ``train.data.mixture``, ...),
+checked when the launch config is parsed. ``doctor`` holds the settings of ``vla doctor FILE``,
+the preflight of the same config.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 from pipeline.config import helpfield
+from pipeline.errors import ConfigError
+from pipeline.train.config import TrainConfig
 
 __all__ = [
     "BACKENDS",
@@ -20,6 +24,7 @@ __all__ = [
     "SlurmConfig",
     "RayConfig",
     "KubeRayConfig",
+    "DoctorConfig",
     "world_size",
 ]
 
@@ -28,10 +33,6 @@ _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 # D-HH[:MM[:SS]] or [HH:]MM:SS. Plain minutes are refused: YAML 1.1 reads an unquoted 12:00:00 as
 # the base-60 integer 43200, which SLURM would take as 30 days.
 _SLURM_TIME_RE = re.compile(r"^(\d+-\d+(:\d{1,2}){0,2}|\d+(:\d{1,2}){1,2})$")
-
-
-def _fail(key: str, msg: str) -> None:
-    raise ValueError(f"launch config key '{key}': {msg}")
 
 
 @dataclass
@@ -47,11 +48,11 @@ class TorchrunConfig:
 
     def __post_init__(self) -> None:
         if self.rdzv_backend not in ("c10d", "static"):
-            _fail("torchrun.rdzv_backend", f"got '{self.rdzv_backend}', expected c10d or static")
+            raise ConfigError("rdzv_backend", self.rdzv_backend, "expected c10d or static")
         if self.rdzv_endpoint and not re.match(r"^[^:\s]+:\d+$", self.rdzv_endpoint):
-            _fail("torchrun.rdzv_endpoint", f"got '{self.rdzv_endpoint}', expected host:port")
+            raise ConfigError("rdzv_endpoint", self.rdzv_endpoint, "expected host:port")
         if self.max_restarts < 0:
-            _fail("torchrun.max_restarts", "must be >= 0")
+            raise ConfigError("max_restarts", self.max_restarts, "must be >= 0")
 
 
 @dataclass
@@ -73,14 +74,14 @@ class SlurmConfig:
 
     def __post_init__(self) -> None:
         if not _SLURM_TIME_RE.match(self.time):
-            _fail("slurm.time", f"got '{self.time}', expected HH:MM:SS or D-HH:MM:SS in quotes "
-                  "(an unquoted 12:00:00 is read as the number 43200): slurm.time='12:00:00'")
+            raise ConfigError("time", self.time, "expected HH:MM:SS or D-HH:MM:SS in quotes (an unquoted "
+                              "12:00:00 is read as the number 43200): slurm.time='12:00:00'")
         if self.signal_seconds < 0 or self.signal_seconds > 65535:
-            _fail("slurm.signal_seconds", "expected 0..65535 seconds")
+            raise ConfigError("signal_seconds", self.signal_seconds, "expected 0..65535 seconds")
         if self.cpus_per_task < 0:
-            _fail("slurm.cpus_per_task", "must be >= 0")
+            raise ConfigError("cpus_per_task", self.cpus_per_task, "must be >= 0")
         if not 0 < self.port < 65536:
-            _fail("slurm.port", f"got {self.port}, expected 1..65535")
+            raise ConfigError("port", self.port, "expected 1..65535")
 
 
 @dataclass
@@ -95,11 +96,11 @@ class RayConfig:
     def __post_init__(self) -> None:
         self.use_gpu = str(self.use_gpu).lower()  # a YAML/CLI true/false arrives as "True"/"False"
         if self.use_gpu not in ("auto", "true", "false"):
-            _fail("ray.use_gpu", f"got '{self.use_gpu}', expected auto, true or false")
+            raise ConfigError("use_gpu", self.use_gpu, "expected auto, true or false")
         if self.max_failures < -1:
-            _fail("ray.max_failures", "expected -1 (unlimited) or >= 0")
+            raise ConfigError("max_failures", self.max_failures, "expected -1 (unlimited) or >= 0")
         if self.cpus_per_worker <= 0:
-            _fail("ray.cpus_per_worker", "must be > 0")
+            raise ConfigError("cpus_per_worker", self.cpus_per_worker, "must be > 0")
 
 
 @dataclass
@@ -120,11 +121,28 @@ class KubeRayConfig:
 
     def __post_init__(self) -> None:
         if self.kind not in ("RayJob", "RayCluster"):
-            _fail("kuberay.kind", f"got '{self.kind}', expected RayJob or RayCluster")
+            raise ConfigError("kind", self.kind, "expected RayJob or RayCluster")
         if not _NAME_RE.match(self.namespace):
-            _fail("kuberay.namespace", f"'{self.namespace}' is not a valid Kubernetes name")
+            raise ConfigError("namespace", self.namespace, "not a valid Kubernetes name")
         if self.cpus_per_worker < 1 or self.head_cpus < 1:
-            _fail("kuberay.cpus_per_worker", "CPU counts must be >= 1")
+            key = "cpus_per_worker" if self.cpus_per_worker < 1 else "head_cpus"
+            raise ConfigError(key, getattr(self, key), "must be >= 1")
+
+
+@dataclass
+class DoctorConfig:
+    """``vla doctor``: how the preflight of a launch config runs."""
+
+    min_free_gb: float = helpfield(5.0, "disk: free space needed where run_dir (or local staging) lives")
+    collective: str = helpfield(
+        "local", "local: a collective_procs group on this machine | backend: through the launch backend "
+        "(torchrun: every node of the config via its rendezvous; ray: nodes*gpus_per_node Ray workers)")
+    collective_procs: int = helpfield(2, "collective=local: processes in the all_reduce group")
+    collective_timeout_s: int = helpfield(120, "collective: give up after this many seconds")
+
+    def __post_init__(self) -> None:
+        if self.collective not in ("local", "backend"):
+            raise ConfigError("collective", self.collective, "expected local or backend")
 
 
 @dataclass
@@ -133,40 +151,39 @@ class LaunchConfig:
     job_name: str = helpfield("vla", "job / rendezvous / Kubernetes name (lowercase, digits, '-')")
     nodes: int = helpfield(1, "number of nodes")
     gpus_per_node: int = helpfield(1, "training processes (GPUs) per node")
-    run_dir: str = helpfield("runs/vla", "run directory: local path or gs:// URL (checkpoints, logs)")
-    mixture: str = helpfield("", "data mixture name or YAML path (dataset_mixtures/)")
-    curated: str = helpfield("", "curated data root URL (local or gs://)")
-    resume: str = helpfield("auto", "auto (latest committed checkpoint in run_dir) | none | checkpoint URL")
-    train: list[str] = helpfield([], "trainer overrides, key=value (keys: `vla train --help`)")
     dry_run: bool = helpfield(False, "print the commands / sbatch script / manifest instead of running")
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/vla"),
+                               metadata={"help": "the run: `vla train` keys (run_dir: local path or gs:// URL)"})
     torchrun: TorchrunConfig = helpfield(TorchrunConfig())
     slurm: SlurmConfig = helpfield(SlurmConfig())
     ray: RayConfig = helpfield(RayConfig())
     kuberay: KubeRayConfig = helpfield(KubeRayConfig())
+    doctor: DoctorConfig = helpfield(DoctorConfig())
+
+    # keys that moved into the typed train section
+    MOVED_KEYS: ClassVar[dict[str, str]] = {"run_dir": "train.run_dir", "resume": "train.resume",
+                                            "mixture": "train.data.mixture", "curated": "train.data.data_root"}
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
-            _fail("backend", f"unknown backend '{self.backend}', expected one of {', '.join(BACKENDS)}")
+            raise ConfigError("backend", self.backend, f"unknown backend, expected one of {', '.join(BACKENDS)}")
         if self.nodes < 1:
-            _fail("nodes", f"got {self.nodes}, expected >= 1")
+            raise ConfigError("nodes", self.nodes, "expected >= 1")
         if self.gpus_per_node < 1:
-            _fail("gpus_per_node", f"got {self.gpus_per_node}, expected >= 1 (processes per node)")
+            raise ConfigError("gpus_per_node", self.gpus_per_node, "expected >= 1 (processes per node)")
         if not _NAME_RE.match(self.job_name) or len(self.job_name) > 40:
-            _fail("job_name", f"'{self.job_name}' must be lowercase letters, digits and '-' (<= 40 chars)")
-        if not self.run_dir:
-            _fail("run_dir", "must be set (local path or gs:// URL)")
-        if not self.resume:
-            _fail("resume", "expected auto, none or a checkpoint URL")
-        for item in self.train:
-            if "=" not in item or item.startswith("="):
-                _fail("train", f"entry '{item}' is not key=value")
+            raise ConfigError("job_name", self.job_name, "must be lowercase letters, digits and '-' (<= 40 chars)")
         if self.torchrun.node_rank >= self.nodes:
-            _fail("torchrun.node_rank", f"got {self.torchrun.node_rank}, expected < nodes ({self.nodes})")
+            raise ConfigError("torchrun.node_rank", self.torchrun.node_rank, f"expected < nodes ({self.nodes})")
         if self.torchrun.node_rank >= 0 and self.nodes > 1 and not self.torchrun.rdzv_endpoint:
-            _fail("torchrun.rdzv_endpoint", "set it to <node0-host>:<port> when starting one node of several "
-                  "(torchrun.node_rank >= 0)")
-        if self.backend == "kuberay" and "://" not in self.run_dir:
-            _fail("run_dir", "kuberay needs a shared run_dir URL (gs://bucket/...), not a local path")
+            raise ConfigError("torchrun.rdzv_endpoint", "", "set it to <node0-host>:<port> when starting one node "
+                              "of several (torchrun.node_rank >= 0)")
+        if self.backend == "kuberay" and "://" not in self.train.run_dir:
+            raise ConfigError("train.run_dir", self.train.run_dir,
+                              "kuberay needs a shared run_dir URL (gs://bucket/...), not a local path")
+        if self.doctor.collective == "backend" and self.backend not in ("torchrun", "ray"):
+            raise ConfigError("doctor.collective", "backend", f"backend={self.backend} has no in-place collective "
+                              "check; run `vla doctor ... backend=torchrun doctor.collective=backend` on the nodes")
 
 
 def world_size(cfg: LaunchConfig) -> int:

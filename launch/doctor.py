@@ -6,8 +6,9 @@ GPUs are visible), the run dir (write, read and delete a probe object), the cura
 statistics of every mixture dataset, and free disk. Prints a table ``check | status | detail``; any
 failure exits 2 naming the first problem.
 
-Keys given on the command line win over the launch config file: ``vla doctor
-launch/configs/local_2node.yaml run_dir=gs://bucket/run``.
+The config is a launch config (:class:`launch.config.LaunchConfig`; the file is the positional
+argument, keys on the command line win over it) whose ``doctor`` section sets the checks:
+``vla doctor launch/configs/local_2node.yaml train.run_dir=gs://bucket/run doctor.min_free_gb=20``.
 """
 
 from __future__ import annotations
@@ -19,39 +20,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from omegaconf import OmegaConf
-
 from launch.config import LaunchConfig, world_size
 from pipeline import fs
-from pipeline.config import helpfield, load_config
 from pipeline.errors import UserError
 
-__all__ = ["DoctorConfig", "Check", "CHECKS", "resolve", "run_checks", "format_table", "run_doctor"]
+__all__ = ["Check", "CHECKS", "run_checks", "format_table", "run_doctor"]
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
-
-
-@dataclass
-class DoctorConfig(LaunchConfig):
-    config: str = helpfield("", "launch config YAML (positional); keys on the command line win over it")
-    min_free_gb: float = helpfield(5.0, "disk: free space needed where run_dir (or local staging) lives")
-    collective: str = helpfield(
-        "local", "local: a collective_procs group on this machine | backend: through the launch backend "
-        "(torchrun: every node of the config via its rendezvous; ray: nodes*gpus_per_node Ray workers)")
-    collective_procs: int = helpfield(2, "collective=local: processes in the all_reduce group")
-    collective_timeout_s: int = helpfield(120, "collective: give up after this many seconds")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.collective not in ("local", "backend"):
-            raise ValueError(f"doctor key 'collective': got '{self.collective}', expected local or backend")
-        if self.collective == "backend" and self.backend not in ("torchrun", "ray"):
-            raise ValueError(f"doctor key 'collective': backend={self.backend} has no in-place collective "
-                             "check; run `vla doctor ... backend=torchrun collective=backend` on the nodes")
 
 
 @dataclass(frozen=True)
@@ -61,43 +39,8 @@ class Check:
     detail: str
 
 
-def _leaves(tree: dict, prefix: str = "") -> dict[str, object]:
-    out: dict[str, object] = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_leaves(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def resolve(cfg: DoctorConfig) -> DoctorConfig:
-    """Apply ``cfg.config`` under the keys that the command line changed from their defaults."""
-    if not cfg.config:
-        return cfg
-    defaults = _leaves(OmegaConf.to_container(OmegaConf.structured(DoctorConfig)))
-    given = _leaves(OmegaConf.to_container(OmegaConf.structured(cfg)))
-    changed = {k: v for k, v in given.items() if defaults.get(k) != v}
-    base = OmegaConf.structured(load_config(DoctorConfig, [], cfg.config))
-    for key, value in changed.items():
-        OmegaConf.update(base, key, value, merge=False)
-    try:
-        return OmegaConf.to_object(base)  # type: ignore[return-value]
-    except ValueError as e:
-        raise UserError(str(e).splitlines()[0]) from e
-
-
 # ------------------------------------------------------------------------------------- checks
-def _train_value(cfg: LaunchConfig, key: str, default: str) -> str:
-    """A trainer key as the trainer will see it: ``train`` entries win over launch keys."""
-    for item in reversed(cfg.train):
-        k, _, v = item.partition("=")
-        if k.strip() == key:
-            return v.strip()
-    return default
-
-
-def check_versions(cfg: DoctorConfig) -> tuple[str, str]:
+def check_versions(cfg: LaunchConfig) -> tuple[str, str]:
     from pipeline.versions import check_versions as versions
 
     checks = versions()
@@ -107,15 +50,12 @@ def check_versions(cfg: DoctorConfig) -> tuple[str, str]:
     return OK, ", ".join(f"{c.name} {c.version or 'not installed'}" for c in checks)
 
 
-def check_config(cfg: DoctorConfig) -> tuple[str, str]:
-    from launch.trainer import check_train_overrides
-
-    check_train_overrides(cfg)
+def check_config(cfg: LaunchConfig) -> tuple[str, str]:
     return OK, (f"backend={cfg.backend} nodes={cfg.nodes} x {cfg.gpus_per_node} proc = "
-                f"{world_size(cfg)} ranks; fsdp.mode={_train_value(cfg, 'fsdp.mode', 'full')}")
+                f"{world_size(cfg)} ranks; fsdp.mode={cfg.train.fsdp.mode}")
 
 
-def check_backend(cfg: DoctorConfig) -> tuple[str, str]:
+def check_backend(cfg: LaunchConfig) -> tuple[str, str]:
     if cfg.backend == "ray":
         import ray
 
@@ -132,7 +72,7 @@ def check_backend(cfg: DoctorConfig) -> tuple[str, str]:
     return OK, path
 
 
-def check_devices(cfg: DoctorConfig) -> tuple[str, str]:
+def check_devices(cfg: LaunchConfig) -> tuple[str, str]:
     import torch
 
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -162,22 +102,22 @@ def _run_group(commands: list[list[str]], timeout_s: int) -> tuple[str, str]:
     return OK, next((line for o in outputs for line in o.splitlines() if line.startswith("all_reduce over")), "")
 
 
-def check_collective(cfg: DoctorConfig) -> tuple[str, str]:
-    if cfg.collective == "backend" and cfg.backend == "ray":
+def check_collective(cfg: LaunchConfig) -> tuple[str, str]:
+    if cfg.doctor.collective == "backend" and cfg.backend == "ray":
         return _collective_ray(cfg)
     from launch.torchrun import free_port, node_commands
 
     start = time.perf_counter()
-    if cfg.collective == "backend":  # torchrun: the same nodes and rendezvous as the training run
+    if cfg.doctor.collective == "backend":  # torchrun: the same nodes and rendezvous as the training run
         commands = node_commands(cfg, entry=["-m", "launch._collective"])
     else:
-        n = max(1, cfg.collective_procs)
+        n = max(1, cfg.doctor.collective_procs)
         argv = [sys.executable, "-m", "launch._collective", "--world", str(n), "--port", str(free_port())]
         commands = [[*argv, "--rank", str(r)] for r in range(n)]
-    status, detail = _run_group(commands, cfg.collective_timeout_s)
+    status, detail = _run_group(commands, cfg.doctor.collective_timeout_s)
     if status != OK:
         return status, detail
-    where = " (torchrun, launch rendezvous)" if cfg.collective == "backend" else ""
+    where = " (torchrun, launch rendezvous)" if cfg.doctor.collective == "backend" else ""
     return OK, f"{detail}{where} in {time.perf_counter() - start:.1f}s"
 
 
@@ -187,7 +127,7 @@ def _ray_worker(config: dict) -> None:
     allreduce_check()  # raises on a wrong sum: the run fails
 
 
-def _collective_ray(cfg: DoctorConfig) -> tuple[str, str]:
+def _collective_ray(cfg: LaunchConfig) -> tuple[str, str]:
     """all_reduce across ``nodes * gpus_per_node`` Ray Train workers (the training layout)."""
     import ray
     from ray.train import RunConfig, ScalingConfig
@@ -215,30 +155,24 @@ def _collective_ray(cfg: DoctorConfig) -> tuple[str, str]:
             ray.shutdown()
 
 
-def check_storage(cfg: DoctorConfig) -> tuple[str, str]:
-    probe = fs.join(cfg.run_dir, f".doctor-probe-{uuid.uuid4().hex[:12]}")
-    payload = uuid.uuid4().bytes
-    start = time.perf_counter()
+def check_storage(cfg: LaunchConfig) -> tuple[str, str]:
+    from pipeline.storage import probe_write
+
     try:
-        fs.write_bytes(probe, payload)
-        if fs.read_bytes(probe) != payload:
-            return FAIL, f"{probe}: read back different bytes"
-        fs.remove(probe)
-    except Exception as e:  # any storage error is the finding
-        return FAIL, f"{cfg.run_dir} not writable: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-    if fs.exists(probe):
-        return FAIL, f"{probe}: could not delete the probe object"
-    return OK, f"{cfg.run_dir}: write+read+delete probe in {1000 * (time.perf_counter() - start):.0f} ms"
+        seconds = probe_write(cfg.train.run_dir, prefix=".doctor-probe-")
+    except UserError as e:
+        return FAIL, str(e)
+    return OK, f"{cfg.train.run_dir}: write+read+delete probe in {1000 * seconds:.0f} ms"
 
 
-def check_data(cfg: DoctorConfig) -> tuple[str, str]:
-    if _train_value(cfg, "data.source", "stream") == "synthetic":
+def check_data(cfg: LaunchConfig) -> tuple[str, str]:
+    if cfg.train.data.source == "synthetic":
         return SKIP, "data.source=synthetic (no curated data read)"
     from pipeline.data.manifest import STATISTICS_NAME, CuratedDataset
     from pipeline.data.mixture.files import load_mixture
 
-    curated = _train_value(cfg, "data.data_root", cfg.curated or "curated")
-    mixture = load_mixture(_train_value(cfg, "data.mixture", cfg.mixture or "demo"))
+    curated = cfg.train.data.data_root
+    mixture = load_mixture(cfg.train.data.mixture)
     frames = 0
     for name in mixture.active():  # the datasets the stream reads
         dataset = CuratedDataset(curated, name)
@@ -262,16 +196,17 @@ def _existing_parent(path: str) -> str:
     return path
 
 
-def check_disk(cfg: DoctorConfig) -> tuple[str, str]:
-    where = _existing_parent(os.getcwd() if fs.is_remote(cfg.run_dir) else cfg.run_dir)
+def check_disk(cfg: LaunchConfig) -> tuple[str, str]:
+    run_dir = cfg.train.run_dir
+    where = _existing_parent(os.getcwd() if fs.is_remote(run_dir) else run_dir)
     free_gb = shutil.disk_usage(where).free / 2**30
-    role = "local staging (cwd)" if fs.is_remote(cfg.run_dir) else "run_dir"
-    if free_gb < cfg.min_free_gb:
-        return FAIL, f"{role} {where}: {free_gb:.1f} GiB free < min_free_gb={cfg.min_free_gb}"
+    role = "local staging (cwd)" if fs.is_remote(run_dir) else "run_dir"
+    if free_gb < cfg.doctor.min_free_gb:
+        return FAIL, f"{role} {where}: {free_gb:.1f} GiB free < doctor.min_free_gb={cfg.doctor.min_free_gb}"
     return OK, f"{role} {where}: {free_gb:.1f} GiB free"
 
 
-CHECKS: dict[str, Callable[[DoctorConfig], tuple[str, str]]] = {
+CHECKS: dict[str, Callable[[LaunchConfig], tuple[str, str]]] = {
     "versions": check_versions,
     "config": check_config,
     "backend": check_backend,
@@ -283,7 +218,7 @@ CHECKS: dict[str, Callable[[DoctorConfig], tuple[str, str]]] = {
 }
 
 
-def run_checks(cfg: DoctorConfig) -> list[Check]:
+def run_checks(cfg: LaunchConfig) -> list[Check]:
     results = []
     for name, fn in CHECKS.items():
         try:
@@ -302,8 +237,7 @@ def format_table(results: list[Check]) -> str:
     return "\n".join(f"{a:<{w0}}  {b:<{w1}}  {c}" for a, b, c in rows)
 
 
-def run_doctor(cfg: DoctorConfig) -> int:
-    cfg = resolve(cfg)
+def run_doctor(cfg: LaunchConfig) -> int:
     results = run_checks(cfg)
     print(format_table(results))
     failed = [r for r in results if r.status == FAIL]

@@ -9,7 +9,6 @@ no key ever lives in the repository. ``dry_run=true`` prints the YAML; otherwise
 
 from __future__ import annotations
 
-import json
 import shlex
 import shutil
 import subprocess
@@ -19,7 +18,7 @@ import yaml
 
 from launch._record import record, record_config
 from launch.config import LaunchConfig
-from launch.trainer import check_train_overrides
+from launch.trainer import train_overrides
 from pipeline.errors import UserError
 
 __all__ = ["ray_entrypoint", "cluster_spec", "manifest", "render_manifest", "run_kuberay"]
@@ -30,15 +29,9 @@ _KEY_DIR = "/var/secrets/google"
 def ray_entrypoint(cfg: LaunchConfig) -> str:
     """The driver command run on the head: the Ray backend with the same launch settings."""
     args = ["vla", "launch", "backend=ray", f"job_name={cfg.job_name}", f"nodes={cfg.nodes}",
-            f"gpus_per_node={cfg.gpus_per_node}", f"run_dir={cfg.run_dir}",
-            f"resume={cfg.resume}", f"ray.max_failures={cfg.ray.max_failures}", "ray.use_gpu=true",
+            f"gpus_per_node={cfg.gpus_per_node}", f"ray.max_failures={cfg.ray.max_failures}", "ray.use_gpu=true",
             f"ray.cpus_per_worker={max(1, cfg.kuberay.cpus_per_worker // cfg.gpus_per_node - 1)}"]
-    if cfg.mixture:
-        args.append(f"mixture={cfg.mixture}")
-    if cfg.curated:
-        args.append(f"curated={cfg.curated}")
-    if cfg.train:
-        args.append("train=[" + ",".join(json.dumps(t) for t in cfg.train) + "]")
+    args += [f"train.{item}" for item in train_overrides(cfg)]
     return shlex.join(args)
 
 
@@ -129,13 +122,12 @@ def run_kuberay(cfg: LaunchConfig) -> int:
     if cfg.dry_run:
         print(text, end="")
         return 0
-    check_train_overrides(cfg)
     exe = shutil.which(cfg.kuberay.kubectl)
     if exe is None:
         raise UserError(f"kuberay.kubectl: '{cfg.kuberay.kubectl}' not found on PATH (install kubectl "
                         "and point it at the cluster, or use dry_run=true to print the manifest)")
     record_config(cfg)
-    url = record(cfg.run_dir, f"{cfg.kuberay.kind.lower()}.yaml", text)
+    url = record(cfg.train.run_dir, f"{cfg.kuberay.kind.lower()}.yaml", text)
     proc = subprocess.run([exe, "apply", "-f", "-"], input=text, text=True, capture_output=True)
     print(proc.stdout, end="")
     if proc.returncode != 0:

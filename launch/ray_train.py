@@ -15,7 +15,7 @@ import sys
 
 from launch._record import record_config
 from launch.config import LaunchConfig, world_size
-from launch.trainer import check_train_overrides, train_overrides
+from launch.trainer import train_overrides
 from pipeline import fs
 from pipeline.ray_utils import connect_ray
 
@@ -44,7 +44,7 @@ def _use_gpu(cfg: LaunchConfig) -> bool:
 
 def _storage(cfg: LaunchConfig):
     """``(storage_path, storage_filesystem)`` for RunConfig; gs:// goes through our fsspec."""
-    url = cfg.ray.storage_path or fs.join(cfg.run_dir, "ray")
+    url = cfg.ray.storage_path or fs.join(cfg.train.run_dir, "ray")
     if not fs.is_remote(url):
         return os.path.abspath(url), None
     import pyarrow.fs
@@ -66,7 +66,7 @@ def build_trainer(cfg: LaunchConfig):
     use_gpu = _use_gpu(cfg)
     storage_path, storage_fs = _storage(cfg)
     env = {k: os.environ[k] for k in _FORWARD_ENV if k in os.environ}
-    run_dir = cfg.run_dir if fs.is_remote(cfg.run_dir) else os.path.abspath(cfg.run_dir)
+    run_dir = cfg.train.run_dir if fs.is_remote(cfg.train.run_dir) else os.path.abspath(cfg.train.run_dir)
     return TorchTrainer(
         train_loop,
         train_loop_config={"overrides": train_overrides(cfg, run_dir=run_dir)},
@@ -84,10 +84,9 @@ def build_trainer(cfg: LaunchConfig):
 def run_ray(cfg: LaunchConfig) -> int:
     if cfg.dry_run:
         print(f"TorchTrainer(num_workers={world_size(cfg)}, max_failures={cfg.ray.max_failures}, "
-              f"storage={cfg.ray.storage_path or fs.join(cfg.run_dir, 'ray')}) running "
+              f"storage={cfg.ray.storage_path or fs.join(cfg.train.run_dir, 'ray')}) running "
               f"pipeline.train.main.train with: {' '.join(train_overrides(cfg))}")
         return 0
-    check_train_overrides(cfg)
     record_config(cfg)
     import ray
 
@@ -101,7 +100,7 @@ def run_ray(cfg: LaunchConfig) -> int:
             print(f"error: ray training failed (ray.max_failures={cfg.ray.max_failures}): {first}",
                   file=sys.stderr)
             return 1
-        print(f"ray training finished: {world_size(cfg)} workers, run_dir {cfg.run_dir}")
+        print(f"ray training finished: {world_size(cfg)} workers, run_dir {cfg.train.run_dir}")
         return 0
     finally:
         if started:

@@ -15,7 +15,7 @@ import subprocess
 from launch._record import record, record_config
 from launch._template import render_file
 from launch.config import LaunchConfig
-from launch.trainer import TRAIN_MODULE, check_train_overrides, train_overrides
+from launch.trainer import TRAIN_MODULE, train_overrides
 from pipeline import fs
 from pipeline.errors import UserError
 
@@ -43,9 +43,9 @@ def log_dir(cfg: LaunchConfig) -> str:
     """Where SLURM writes ``<job>-<id>.out``: must be a local or shared POSIX dir."""
     if cfg.slurm.log_dir:
         return os.path.abspath(cfg.slurm.log_dir)
-    if fs.is_remote(cfg.run_dir):
+    if fs.is_remote(cfg.train.run_dir):
         return os.path.abspath("slurm-logs")
-    return os.path.join(os.path.abspath(cfg.run_dir), "launch")
+    return os.path.join(os.path.abspath(cfg.train.run_dir), "launch")
 
 
 def grace_seconds(cfg: LaunchConfig) -> int:
@@ -54,7 +54,7 @@ def grace_seconds(cfg: LaunchConfig) -> int:
 
 
 def _run_dir_for_nodes(cfg: LaunchConfig) -> str:
-    return cfg.run_dir if fs.is_remote(cfg.run_dir) else os.path.abspath(cfg.run_dir)
+    return cfg.train.run_dir if fs.is_remote(cfg.train.run_dir) else os.path.abspath(cfg.train.run_dir)
 
 
 def render_sbatch(cfg: LaunchConfig) -> str:
@@ -99,10 +99,9 @@ def run_slurm(cfg: LaunchConfig) -> int:
     if cfg.dry_run:
         print(script, end="")
         return 0
-    check_train_overrides(cfg)
     record_config(cfg)
-    url = record(cfg.run_dir, "sbatch.sh", script)
+    url = record(cfg.train.run_dir, "sbatch.sh", script)
     job_id = submit(cfg, script)
-    record(cfg.run_dir, "slurm_job_id", job_id + "\n")
+    record(cfg.train.run_dir, "slurm_job_id", job_id + "\n")
     print(f"submitted SLURM job {job_id} (script {url}, logs {log_dir(cfg)}/{cfg.job_name}-{job_id}.out)")
     return 0

@@ -19,7 +19,7 @@ import time
 
 from launch._record import record, record_config
 from launch.config import LaunchConfig
-from launch.trainer import TRAIN_MODULE, check_train_overrides, train_overrides
+from launch.trainer import TRAIN_MODULE, train_overrides
 
 __all__ = ["free_port", "torchrun_argv", "node_commands", "run_torchrun"]
 
@@ -100,9 +100,8 @@ def run_torchrun(cfg: LaunchConfig) -> int:
     if cfg.dry_run:
         print("".join(shlex.join(c) + "\n" for c in commands), end="")
         return 0
-    check_train_overrides(cfg)
     record_config(cfg)
-    record(cfg.run_dir, "torchrun.sh", "#!/bin/bash\n" + _script(commands))
+    record(cfg.train.run_dir, "torchrun.sh", "#!/bin/bash\n" + _script(commands))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None

@@ -24,7 +24,7 @@ class Verb:
     config: str  # "module:ConfigClass"
     run: str  # "module:function", called with the config; returns an exit code or None
     help: str
-    positional: tuple[str, ...] = ()
+    positional: tuple[str, ...] = ()  # keys filled by bare words in order; "--config": the config file
 
 
 VERBS: dict[str, Verb] = {
@@ -45,7 +45,7 @@ VERBS: dict[str, Verb] = {
     "dataset list": Verb("pipeline.data.oxe.dataset_cli:ListConfig", "pipeline.data.oxe.dataset_cli:run_list", "built-in and user-registered datasets (blocks=true: action building blocks)"),
     "dataset show": Verb("pipeline.data.oxe.dataset_cli:ShowConfig", "pipeline.data.oxe.dataset_cli:run_show", "the resolved registry entry of one dataset", ("name",)),
     "launch": Verb("launch.config:LaunchConfig", "launch.cli:run_launch", "start training on torchrun | slurm | ray | kuberay from one launch config"),
-    "doctor": Verb("launch.doctor:DoctorConfig", "launch.doctor:run_doctor", "preflight: collective, devices, storage, curated data, disk for a launch config", ("config",)),
+    "doctor": Verb("launch.config:LaunchConfig", "launch.doctor:run_doctor", "preflight: collective, devices, storage, curated data, disk for a launch config (doctor.* keys)", ("--config",)),
     "train": Verb("pipeline.train.config:TrainConfig", "pipeline.train.main:run_train", "train the VLA with FSDP2 (nproc=N re-launches under torchrun); resumable checkpoints"),
     "finetune": Verb("pipeline.train.finetune:FinetuneConfig", "pipeline.train.finetune:run_finetune", "LoRA fine-tuning (peft) of an export or checkpoint on new data; FSDP2, resumable, merged export"),
     "export": Verb("pipeline.train.export:ExportConfig", "pipeline.train.export:run_export", "a training checkpoint (or model folder) -> bf16 sharded weights + tokenizer + stats + model card, our layout or OpenVLA's (format=openvla)"),
@@ -75,43 +75,6 @@ def _find_verb(argv: list[str]) -> tuple[str, list[str]]:
     raise UserError(f"unknown verb '{argv[0]}' (run `vla --help` for the list)")
 
 
-def _to_overrides(verb: Verb, cls: type, args: list[str]) -> tuple[list[str], str | None]:
-    from pipeline.config import flat_keys
-
-    bool_keys = {k for k, tp, *_ in flat_keys(cls) if tp == "bool"}
-    overrides: list[str] = []
-    config_file = None
-    positional = list(verb.positional)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--config":
-            if i + 1 >= len(args):
-                raise UserError("--config needs a file name")
-            config_file = args[i + 1]
-            i += 2
-            continue
-        if arg.startswith("--"):
-            key = arg[2:].replace("-", "_")
-            if "=" in key:
-                overrides.append(key)
-            elif key in bool_keys:
-                overrides.append(f"{key}=true")
-            elif i + 1 < len(args):
-                overrides.append(f"{key}={args[i + 1]}")
-                i += 1
-            else:
-                raise UserError(f"option {arg} needs a value")
-        elif "=" in arg:
-            overrides.append(arg)
-        elif positional:
-            overrides.append(f"{positional.pop(0)}={arg}")
-        else:
-            raise UserError(f"unexpected argument '{arg}': expected key=value")
-        i += 1
-    return overrides, config_file
-
-
 def run(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -119,18 +82,17 @@ def run(argv: list[str]) -> int:
     if argv[0] == "--version":
         _print_version()
         return 0
-    from pipeline.config import config_help, load_config  # omegaconf: not needed by --help/--version
+    from pipeline.config import config_help, load_argv  # omegaconf: not needed by --help/--version
 
     name, rest = _find_verb(argv)
     verb = VERBS[name]
     cls = _resolve(verb.config)
     if any(a in ("-h", "--help") for a in rest):
-        pos = " ".join(k.upper() for k in verb.positional)
+        pos = " ".join("FILE.yaml" if k == "--config" else k.upper() for k in verb.positional)
         print(f"usage: vla {name} {pos + ' ' if pos else ''}[--config FILE.yaml] [key=value ...]\n")
         print(f"{verb.help}\n\nkeys (with defaults):\n{config_help(cls)}")
         return 0
-    overrides, config_file = _to_overrides(verb, cls, rest)
-    cfg = load_config(cls, overrides, config_file)
+    cfg = load_argv(cls, rest, positional=verb.positional)
     code = _resolve(verb.run)(cfg)
     return int(code or 0)
 

@@ -3,7 +3,11 @@
 Every CLI verb owns one dataclass config (kept next to the component that uses it). A config is
 built from its defaults, then an optional YAML file (``--config FILE``), then ``key=value``
 overrides, in that order. Any problem (unknown key, wrong type, missing required value, malformed
-YAML) raises :class:`~pipeline.errors.UserError` with one line that names the key.
+YAML, a value a section's ``__post_init__`` refuses) raises :class:`~pipeline.errors.UserError` with
+one line that names the full key. Sections compose (a section is a field holding another config
+dataclass; no config inherits another's checks) and raise :class:`~pipeline.errors.ConfigError`
+with their own key; the loader adds the section's path. :func:`parse_argv` is the one parser of
+``[--config FILE] [key=value ...]`` (the ``vla`` CLI and every torchrun rank).
 
 Field help text lives in ``field(metadata={"help": "..."})`` and is shown by ``vla VERB --help``.
 """
@@ -15,12 +19,13 @@ import difflib
 from typing import Any, TypeVar
 
 import yaml
-from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf import errors as oc_errors
 
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
-__all__ = ["MISSING", "load_config", "config_help", "to_yaml", "to_dict", "flat_keys", "helpfield"]
+__all__ = ["MISSING", "load_config", "load_argv", "parse_argv", "config_help", "to_yaml", "to_dict", "flat_keys",
+           "helpfield"]
 
 T = TypeVar("T")
 
@@ -80,6 +85,9 @@ def config_help(cls: type) -> str:
 
 
 def _suggest(key: str, cls: type) -> str:
+    moved = getattr(cls, "MOVED_KEYS", {})
+    if key in moved:
+        return f" (now {moved[key]})"
     keys = [k for k, *_ in flat_keys(cls)]
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
     return f" (did you mean {', '.join(close)}?)" if close else ""
@@ -124,10 +132,48 @@ def _load_yaml(path: str) -> DictConfig:
     return OmegaConf.create(data)
 
 
+def _open_dicts(node: DictConfig) -> None:
+    """Let ``dict``-typed fields take new keys (``debug.hook_args.step=2``); sections stay closed."""
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing() and not child._is_none():
+            if OmegaConf.get_type(child) is dict:
+                OmegaConf.set_struct(child, False)
+            else:
+                _open_dicts(child)
+
+
+def _build(cls: type, node: DictConfig, path: str = "") -> Any:
+    """``cls`` from ``node``, sections first; a section's ConfigError gets the section's path."""
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        key = f"{path}{f.name}"
+        if OmegaConf.is_missing(node, f.name):
+            raise UserError(f"missing required config value '{key}' (set it with {key}=...)")
+        value = node[f.name]
+        if isinstance(value, DictConfig) and dataclasses.is_dataclass(OmegaConf.get_type(value)):
+            kwargs[f.name] = _build(OmegaConf.get_type(value), value, key + ".")
+        elif isinstance(value, (DictConfig, ListConfig)):
+            kwargs[f.name] = OmegaConf.to_container(value, resolve=True)
+        else:
+            kwargs[f.name] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise (e.under(path[:-1]) if path else e) from None
+
+
 def load_config(cls: type[T], overrides: list[str] | None = None, config_file: str | None = None) -> T:
-    """Build a ``cls`` instance from defaults, then ``config_file``, then ``overrides``."""
+    """Build a ``cls`` instance from defaults, then ``config_file``, then ``overrides``.
+
+    Every section is checked as it is built (its ``__post_init__``); any problem is a one-line
+    :class:`UserError` naming the full key (``data.stream.buffer_bytes=10: must be >= 1 MiB``).
+    """
     base = OmegaConf.structured(cls)
     OmegaConf.set_struct(base, True)
+    _open_dicts(base)
     source = "config"
     try:
         if config_file:
@@ -137,14 +183,62 @@ def load_config(cls: type[T], overrides: list[str] | None = None, config_file: s
         dotlist = _parse_overrides(overrides or [])
         if dotlist:
             base = OmegaConf.merge(base, OmegaConf.from_dotlist(dotlist))
-        obj = OmegaConf.to_object(base)
+        return _build(cls, base)
     except UserError:
         raise
-    except (oc_errors.OmegaConfBaseException, ValueError) as e:
-        if isinstance(e, ValueError) and not isinstance(e, oc_errors.OmegaConfBaseException):
-            raise UserError(f"{source}: {str(e).splitlines()[0]}") from e
+    except oc_errors.OmegaConfBaseException as e:
         raise _user_error(e, cls, source) from e
-    return obj  # type: ignore[return-value]
+    except ValueError as e:  # a section that raises ValueError instead of ConfigError
+        raise UserError(f"{source}: {str(e).splitlines()[0]}") from e
+
+
+def parse_argv(cls: type, args: list[str], *, positional: tuple[str, ...] = ()) -> tuple[list[str], str | None]:
+    """``(overrides, config_file)`` from a verb's arguments (the one command-line parser).
+
+    ``--config FILE``; ``key=value``; ``--key VALUE`` or ``--key=value``; ``--flag`` for a bool key;
+    bare words fill ``positional`` keys in order (the name ``--config`` there: the config file).
+    """
+    bool_keys = {k for k, tp, *_ in flat_keys(cls) if tp == "bool"}
+    overrides: list[str] = []
+    config_file = None
+    slots = list(positional)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--config":
+            if i + 1 >= len(args):
+                raise UserError("--config needs a file name")
+            config_file = args[i + 1]
+            i += 2
+            continue
+        if arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            if "=" in key:
+                overrides.append(key)
+            elif key in bool_keys:
+                overrides.append(f"{key}=true")
+            elif i + 1 < len(args):
+                overrides.append(f"{key}={args[i + 1]}")
+                i += 1
+            else:
+                raise UserError(f"option {arg} needs a value")
+        elif "=" in arg:
+            overrides.append(arg)
+        elif slots and slots[0] == "--config":
+            slots.pop(0)
+            config_file = arg
+        elif slots:
+            overrides.append(f"{slots.pop(0)}={arg}")
+        else:
+            raise UserError(f"unexpected argument '{arg}': expected key=value")
+        i += 1
+    return overrides, config_file
+
+
+def load_argv(cls: type[T], args: list[str], *, positional: tuple[str, ...] = ()) -> T:
+    """:func:`parse_argv` then :func:`load_config`."""
+    overrides, config_file = parse_argv(cls, args, positional=positional)
+    return load_config(cls, overrides, config_file)
 
 
 def to_dict(cfg: Any) -> dict:

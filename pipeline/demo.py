@@ -58,11 +58,11 @@ def stream_demo(curated: str, batches: int = 300) -> dict:
     from pipeline.train.main import build_tokenizer
 
     tokenizer = build_tokenizer(TrainConfig())
-    cfg = StreamConfig(data_root=curated, batch_size=16, resolution=112, num_workers=0)
+    cfg = StreamConfig(num_workers=0)
     start = time.perf_counter()
     distinct = []
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=ActionPromptBuilder(tokenizer),
-                        mixture=load_mixture("demo")) as stream:
+    with TrainingStream(cfg, data_root=curated, mixture=load_mixture("demo"), batch_size=16, seed=0, resolution=112,
+                        rank=0, world_size=1, prompt_builder=ActionPromptBuilder(tokenizer)) as stream:
         for _ in range(batches):
             batch = next(stream)
             distinct.append(len({(m[0], m[1]) for m in batch["meta"]}))

@@ -53,6 +53,8 @@ __all__ = [
     "remove",
     "basename",
     "read_range",
+    "copy_file",
+    "copy_dir",
     "retry",
     "retry_policy",
     "is_transient",
@@ -391,6 +393,46 @@ def remove(url: str, recursive: bool = False) -> None:
             fs.rm(path, recursive=recursive)
 
     retry(rm, url, what="remove")
+
+
+def copy_file(src: str, dst: str) -> None:
+    """Copy one file between local paths and URLs (any direction), retried as a whole on transient
+    errors; the destination appears only complete (local: temp name + rename; GCS: one finalized
+    upload). Files stream from/to local disk, so a large file is never held in memory."""
+    src_fs, src_path = get_fs(src)
+    dst_fs, dst_path = get_fs(dst)
+    if is_remote(dst):
+        if is_remote(src):
+            write_bytes(dst, read_bytes(src))
+        else:
+            retry(lambda: dst_fs.put_file(src_path, dst_path), dst, what="write")
+        return
+    os.makedirs(os.path.dirname(dst_path) or ".", exist_ok=True)
+    tmp = f"{dst_path}.tmp-{uuid.uuid4().hex[:8]}"
+    try:
+        retry(lambda: src_fs.get_file(src_path, tmp), src, what="read")
+        os.replace(tmp, dst_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def copy_dir(src: str, dst: str) -> int:
+    """Copy every file under directory ``src`` into ``dst`` (local paths or URLs, any direction),
+    keeping relative paths. Each file is retried on its own (:func:`copy_file`), so an outage costs
+    the file in flight, not the files already copied. Returns the number of files;
+    FileNotFoundError when ``src`` does not exist."""
+    src_fs, root = get_fs(src)
+    if not retry(lambda: src_fs.isdir(root), src, what="list"):
+        raise FileNotFoundError(f"{src}: no such directory")
+    paths = sorted(retry(lambda: src_fs.find(root), src, what="list"))
+    sep = "/" if is_remote(src) else os.sep
+    for path in paths:
+        rel = path[len(root.rstrip(sep)) + 1:]
+        copy_file(_with_protocol(src, path), join(dst, *rel.split(sep)))
+    if not is_remote(dst):
+        os.makedirs(get_fs(dst)[1], exist_ok=True)  # an empty source still gives the directory
+    return len(paths)
 
 
 def check_local_dir_writable(url: str, key: str) -> None:

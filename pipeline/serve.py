@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import MISSING, helpfield
+from pipeline.errors import ConfigError
 from pipeline.serve_http import ActServer, make_server
 from pipeline.serve_wire import BadRequest, decode_image, parse_act_request
 
@@ -46,11 +47,11 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not 0 <= int(self.port) <= 65535:
-            raise ValueError(f"port={self.port}: expected 0..65535")
+            raise ConfigError("port", self.port, "expected 0..65535")
         if str(self.center_crop).lower() not in _CROP:
-            raise ValueError(f"center_crop={self.center_crop}: expected auto, true or false")
+            raise ConfigError("center_crop", self.center_crop, "expected auto, true or false")
         if float(self.max_body_mb) <= 0:
-            raise ValueError(f"max_body_mb={self.max_body_mb}: must be > 0")
+            raise ConfigError("max_body_mb", self.max_body_mb, "must be > 0")
 
 
 def _install_signal_handlers(server: ActServer) -> dict[int, Any]:

@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 import pipeline  # noqa: F401  (sets env defaults before gcsfs is imported)
-from pipeline.faults.emulator import BUCKET, GcsEmulator
+from tests.support.gcs_emulator import BUCKET, GcsEmulator
 
 
 @pytest.fixture(scope="session")

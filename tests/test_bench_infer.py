@@ -28,6 +28,7 @@ def test_needs_gpu(capsys):
     assert len(err) == 1 and "bench-infer needs a CUDA GPU" in err[0]
 
 
+@pytest.mark.slow
 def test_smoke_prints_one_json_line_on_the_gpu_machines_software():
     code = textwrap.dedent(f"""
         import sys

@@ -119,3 +119,46 @@ def test_retrying_reader_resumes_at_the_offset(monkeypatch):
     monkeypatch.setenv("VLA_STORAGE_RETRY_BASE_S", "0")
     assert list(read_records("gs://b/shard.tfrecord")) == records
     assert opens["n"] == 2
+
+
+def _tree(root) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("where", ["local", "gcs"])
+def test_copy_dir_round_trip(where, tmp_path, request):
+    src = tmp_path / "src"
+    (src / "ranks").mkdir(parents=True)
+    files = {"a.bin": bytes(range(256)) + b"\r", "ranks/rank_0.json": b'{"x": 1}\n', "empty": b""}
+    for name, data in files.items():
+        (src / name).write_bytes(data)
+    mid = (request.getfixturevalue("gcs_bucket") + "/copy") if where == "gcs" else str(tmp_path / "mid")
+    assert fs.copy_dir(str(src), mid) == 3
+    assert fs.copy_dir(mid, str(tmp_path / "back")) == 3
+    assert _tree(tmp_path / "back") == files
+    assert not [p for p in (tmp_path / "back").rglob("*.tmp-*")]  # written under temp names, renamed
+
+
+def test_copy_dir_of_a_missing_dir_fails(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        fs.copy_dir(str(tmp_path / "nope"), str(tmp_path / "out"))
+    assert fs.copy_dir(str(tmp_path), str(tmp_path.parent / f"{tmp_path.name}-empty-copy")) == 0
+    assert (tmp_path.parent / f"{tmp_path.name}-empty-copy").is_dir()
+
+
+def test_copy_file_retries_a_transient_error(tmp_path, monkeypatch):
+    src = tmp_path / "w.bin"
+    src.write_bytes(b"weights")
+    monkeypatch.setenv("VLA_STORAGE_RETRY_BASE_S", "0")
+    local_fs, _ = fs.get_fs(str(src))
+    real, calls = type(local_fs).get_file, []
+
+    def flaky(self, rpath, lpath, **kw):
+        calls.append(rpath)
+        if len(calls) == 1:
+            raise ConnectionResetError("reset by peer")
+        return real(self, rpath, lpath, **kw)
+
+    monkeypatch.setattr(type(local_fs), "get_file", flaky)
+    fs.copy_file(str(src), str(tmp_path / "out" / "w.bin"))
+    assert len(calls) == 2 and (tmp_path / "out" / "w.bin").read_bytes() == b"weights"

@@ -99,8 +99,8 @@ def test_curate_with_an_unreachable_ray_address_key_names_the_key(fixture_data, 
 
 def test_ray_train_launcher_with_an_unreachable_ray_address_fails_fast(tmp_path):
     address = f"127.0.0.1:{_free_port()}"
-    proc = _vla(["launch", "backend=ray", f"run_dir={tmp_path / 'run'}", "ray.use_gpu=false",
-                 "train=[data.source=synthetic]"], _env(RAY_ADDRESS=address), timeout=60)
+    proc = _vla(["launch", "backend=ray", f"train.run_dir={tmp_path / 'run'}", "ray.use_gpu=false",
+                 "train.data.source=synthetic"], _env(RAY_ADDRESS=address), timeout=60)
     _assert_one_line_error(proc, f"RAY_ADDRESS={address}: no Ray cluster reachable")
 
 

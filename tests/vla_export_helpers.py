@@ -21,6 +21,7 @@ def hand_unnormalize(a: np.ndarray) -> np.ndarray:
 def export_tiny(url: str, *, stats: dict | None = None, seed: int = 0) -> str:
     import torch
 
+    from pipeline.model.export_format import save_model_dir
     from pipeline.model.presets import VLAConfig
     from pipeline.model.text_tokenizer import build_demo_tokenizer
     from pipeline.model.vla import build_vla
@@ -28,7 +29,7 @@ def export_tiny(url: str, *, stats: dict | None = None, seed: int = 0) -> str:
     tok = build_demo_tokenizer(INSTRUCTIONS)
     torch.manual_seed(seed)
     model = build_vla(VLAConfig(preset="tiny"), vocab_size=len(tok), pad_token_id=tok.pad_token_id)
-    model.save_pretrained(url, tokenizer=tok, extra_json={"dataset_statistics.json": STATS if stats is None else stats})
+    save_model_dir(model, url, tokenizer=tok, norm_stats=STATS if stats is None else stats, dtype=None)
     return url
 
 

@@ -250,6 +250,7 @@ def _train_demo(out: str, args: argparse.Namespace, device: Any) -> dict:
 
     from pipeline.data.fixtures.scene import COLORS
     from pipeline.model import ActionPromptBuilder, VLAConfig, build_demo_tokenizer, build_vla, collate
+    from pipeline.model.export_format import save_model_dir
     from pipeline.model.image_input import ImagePreprocess, pixels_from_uint8
 
     tasks = [t.format(c) for t in ("pick up the {} block", "grasp the {} block", "move to the {} block and lift it")
@@ -277,7 +278,7 @@ def _train_demo(out: str, args: argparse.Namespace, device: Any) -> dict:
             m = model.compute_metrics(res.predictions, res.targets, pb.action_tokenizer)
             out_stats = {"steps": args.train_steps, "loss": round(res.loss.item(), 4),
                          "train_action_accuracy": round(float(m["action_accuracy"]), 4)}
-    model.eval().save_pretrained(out, tokenizer=tok, extra_json={"dataset_statistics.json": _demo_stats()})
+    save_model_dir(model.eval(), out, tokenizer=tok, norm_stats=_demo_stats(), dtype=None)
     del model, opt
     _free(device)
     return out_stats

@@ -64,13 +64,14 @@ def _side_ours(args: argparse.Namespace, datasets: list[str]) -> dict:
 
     builder = ActionPromptBuilder(build_demo_tokenizer(INSTRUCTIONS))
     mixture = Mixture(name="bench", datasets={d: 1.0 for d in datasets}, balance_by_size=True)
-    cfg = StreamConfig(data_root=args.data, batch_size=args.batch, num_workers=args.workers,
-                       buffer_bytes=args.buffer_mb * 2**20, prefetch_batches=max(2, 2 * args.workers),
+    cfg = StreamConfig(num_workers=args.workers, buffer_bytes=args.buffer_mb * 2**20,
+                       prefetch_batches=max(2, 2 * args.workers),
                        index_cache_dir=os.path.join(args.data, "_index"))
     import torch  # noqa: F401  (the trainer has torch loaded anyway: not the loader's memory)
 
     base_mb = _proc_status_mb(os.getpid(), "VmRSS")
-    stream = TrainingStream(cfg, rank=0, world_size=1, prompt_builder=builder, mixture=mixture)
+    stream = TrainingStream(cfg, data_root=args.data, mixture=mixture, batch_size=args.batch, seed=0,
+                            resolution=224, rank=0, world_size=1, prompt_builder=builder)
     for _ in range(args.warmup):
         next(stream)
     pids = [os.getpid(), *stream.worker_pids()]

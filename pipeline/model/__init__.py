@@ -1,7 +1,6 @@
 """Model side: action/text tokenizers, prompt building + collation, and the VLA model."""
 
-from pipeline.model.init_weights import InitConfig
-from pipeline.model.presets import PRESETS, VisionSpec, VLAConfig, get_preset
+from pipeline.model.presets import PRESETS, InitConfig, VisionSpec, VLAConfig, get_preset
 from pipeline.model.prompt import IGNORE_INDEX, ActionPromptBuilder, collate, format_prompt
 from pipeline.model.text_tokenizer import build_demo_tokenizer, load_text_tokenizer, save_text_tokenizer
 from pipeline.model.tokenizer import ActionTokenizer

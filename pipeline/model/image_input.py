@@ -12,8 +12,9 @@ the CPU because no GPU kernel reproduces PIL's Lanczos bit for bit (torch offers
 antialiasing only), and the uint8 upload is 4x smaller than a float one.
 
 Size: ``data.resolution`` of the export's ``train_config.yaml`` (written by ``vla export``), else
-the model's ``image_size``. Centre crop: on when the model was trained with ``data.augment`` (random
-crops of 0.9 area), as OpenVLA evaluates crop-trained models.
+the model's ``image_size``. Centre crop: on when the model was trained with ``data.stream.augment``
+(``data.augment`` in configs written before; random crops of 0.9 area), as OpenVLA evaluates
+crop-trained models.
 """
 
 from __future__ import annotations
@@ -56,7 +57,9 @@ class ImagePreprocess:
         image size, no crop); ``center_crop`` given: overrides it."""
         data = _train_data_config(text, fs.join(where, TRAIN_CONFIG_FILE) if where else TRAIN_CONFIG_FILE)
         size = int(data.get("resolution") or 0) or int(model_config.image_size)
-        crop = bool(data.get("augment", False)) if center_crop is None else bool(center_crop)
+        stream = data.get("stream") if isinstance(data.get("stream"), dict) else {}
+        augment = stream.get("augment", data.get("augment", False))  # data.augment: configs before data.stream
+        crop = bool(augment) if center_crop is None else bool(center_crop)
         return cls(size=size, center_crop=crop)
 
     def frames(self, images: Sequence[Any]) -> np.ndarray:

@@ -25,38 +25,18 @@ import dataclasses
 import io
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline import fs
 from pipeline.errors import UserError
+from pipeline.model.presets import InitConfig
 
-__all__ = ["InitConfig", "apply_init", "check_tokenizer_choice", "resolve_vla_init"]
+__all__ = ["apply_init", "check_tokenizer_choice", "resolve_vla_init"]
 
 _TIMM_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 _LLM_ARCH = (("hidden_size", "llm_hidden_size"), ("intermediate_size", "llm_intermediate_size"),
              ("num_hidden_layers", "llm_num_layers"), ("num_attention_heads", "llm_num_heads"),
              ("num_key_value_heads", "llm_num_kv_heads"))
-
-
-@dataclass(kw_only=True)
-class InitConfig:
-    """Where the model's starting weights come from (empty: random init)."""
-
-    vla: str = field(default="", metadata={"help": "a whole VLA: `vla export` folder or OpenVLA checkpoint (local, gs://, hub id); model.* and data.tokenizer then come from it"})
-    dino: str = field(default="", metadata={"help": "first vision tower from timm weights (file, folder with model.safetensors, gs://, hub id e.g. timm/vit_large_patch14_reg4_dinov2.lvd142m)"})
-    siglip: str = field(default="", metadata={"help": "second vision tower from timm weights (same forms as dino)"})
-    projector: str = field(default="", metadata={"help": "projector from a .safetensors file (keys 0/2/4 or fc1/fc2/fc3)"})
-    llm: str = field(default="", metadata={"help": "Llama from a Hugging Face model folder (local, gs://, hub id e.g. meta-llama/Llama-2-7b-hf)"})
-
-    def __post_init__(self) -> None:
-        parts = [k for k in ("dino", "siglip", "projector", "llm") if getattr(self, k)]
-        if self.vla and parts:
-            raise UserError(f"model.init.vla loads every weight; leave model.init.{parts[0]} empty")
-
-    @property
-    def sources(self) -> dict[str, str]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
 
 def check_tokenizer_choice(model_cfg: Any, tokenizer: str) -> None:

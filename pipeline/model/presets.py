@@ -22,11 +22,12 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.model.init_weights import InitConfig
+from pipeline.errors import ConfigError, UserError
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "InitConfig",
     "PRESETS",
     "SIGLIP_MEAN",
     "SIGLIP_STD",
@@ -55,6 +56,27 @@ class VisionSpec:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     feature_block: int = -2
+
+
+@dataclass(kw_only=True)
+class InitConfig:
+    """Where the model's starting weights come from (``model.init.*``; empty: random init). Loaded by
+    :func:`pipeline.model.init_weights.apply_init`."""
+
+    vla: str = field(default="", metadata={"help": "a whole VLA: `vla export` folder or OpenVLA checkpoint (local, gs://, hub id); model.* and data.tokenizer then come from it"})
+    dino: str = field(default="", metadata={"help": "first vision tower from timm weights (file, folder with model.safetensors, gs://, hub id e.g. timm/vit_large_patch14_reg4_dinov2.lvd142m)"})
+    siglip: str = field(default="", metadata={"help": "second vision tower from timm weights (same forms as dino)"})
+    projector: str = field(default="", metadata={"help": "projector from a .safetensors file (keys 0/2/4 or fc1/fc2/fc3)"})
+    llm: str = field(default="", metadata={"help": "Llama from a Hugging Face model folder (local, gs://, hub id e.g. meta-llama/Llama-2-7b-hf)"})
+
+    def __post_init__(self) -> None:
+        parts = [k for k in ("dino", "siglip", "projector", "llm") if getattr(self, k)]
+        if self.vla and parts:
+            raise UserError(f"model.init.vla loads every weight; leave model.init.{parts[0]} empty")
+
+    @property
+    def sources(self) -> dict[str, str]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v}
 
 
 @dataclass(kw_only=True)
@@ -99,34 +121,36 @@ class VLAConfig:
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
-            raise ValueError(f"model.preset={self.preset!r}: expected one of {sorted(PRESETS)}")
+            raise ConfigError("preset", self.preset, f"expected one of {sorted(PRESETS)}")
         if self.attn_implementation not in ("sdpa", "eager"):
-            raise ValueError(
-                f"model.attn_implementation={self.attn_implementation!r}: expected 'sdpa' or 'eager'")
+            raise ConfigError("attn_implementation", self.attn_implementation, "expected 'sdpa' or 'eager'")
         for key in ("image_size", "llm_hidden_size", "llm_num_layers", "llm_num_heads",
                     "llm_intermediate_size", "vocab_size", "vision_depth"):
             v = getattr(self, key)
             if v is not None and int(v) <= 0:
-                raise ValueError(f"model.{key}={v}: must be a positive integer")
+                raise ConfigError(key, v, "must be a positive integer")
         if self.pad_vocab_multiple <= 0:
-            raise ValueError(f"model.pad_vocab_multiple={self.pad_vocab_multiple}: must be >= 1")
+            raise ConfigError("pad_vocab_multiple", self.pad_vocab_multiple, "must be >= 1")
+        self._resolved_values()  # the preset's values combined with ours must fit together
 
-    def resolved(self) -> VLAConfig:
-        """A copy with every None field filled from the preset (vocab_size may stay None)."""
-        base = PRESETS[self.preset]
+    def _resolved_values(self) -> dict[str, Any]:
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        for k, v in base.items():
+        for k, v in PRESETS[self.preset].items():
             if k in values and values[k] is None:
                 values[k] = v
         if values["llm_num_kv_heads"] is None:
             values["llm_num_kv_heads"] = values["llm_num_heads"]
         if values["llm_num_heads"] % values["llm_num_kv_heads"]:
-            raise ValueError(f"model.llm_num_kv_heads={values['llm_num_kv_heads']}: must divide "
-                             f"llm_num_heads={values['llm_num_heads']}")
+            raise ConfigError("llm_num_kv_heads", values["llm_num_kv_heads"],
+                              f"must divide llm_num_heads={values['llm_num_heads']}")
         if values["llm_hidden_size"] % values["llm_num_heads"]:
-            raise ValueError(f"model.llm_hidden_size={values['llm_hidden_size']}: must be divisible by "
-                             f"llm_num_heads={values['llm_num_heads']}")
-        return VLAConfig(**values)
+            raise ConfigError("llm_hidden_size", values["llm_hidden_size"],
+                              f"must be divisible by llm_num_heads={values['llm_num_heads']}")
+        return values
+
+    def resolved(self) -> VLAConfig:
+        """A copy with every None field filled from the preset (vocab_size may stay None)."""
+        return VLAConfig(**self._resolved_values())
 
     @property
     def vision_specs(self) -> tuple[VisionSpec, ...]:

@@ -24,11 +24,21 @@ __all__ = [
     "ActionPromptBuilder",
     "collate",
     "format_prompt",
+    "sentencepiece_space_id",
+    "SENTENCEPIECE_SPACE",
 ]
 
 IGNORE_INDEX = -100
 MAX_LEN = 2048
 PROMPT_TEMPLATE = "In: What action should the robot take to {instruction}?\nOut:"
+SENTENCEPIECE_SPACE = "\u2581"  # "▁": Llama-2 id 29871
+
+
+def sentencepiece_space_id(tokenizer: Any) -> int | None:
+    """Id of the standalone SentencePiece space piece "▁" (Llama-2: 29871), or None when the
+    tokenizer is not SentencePiece-based (e.g. the byte-level BPE demo tokenizer)."""
+    tid = tokenizer.get_vocab().get(SENTENCEPIECE_SPACE)
+    return None if tid is None else int(tid)
 
 
 def format_prompt(instruction: str) -> str:
@@ -57,8 +67,6 @@ class ActionPromptBuilder:
         predict_stop_token: bool = True,
         max_len: int = MAX_LEN,
     ) -> None:
-        from pipeline.model.text_tokenizer import sentencepiece_space_id
-
         self.text_tokenizer = text_tokenizer
         self.action_tokenizer = action_tokenizer or ActionTokenizer(
             base_vocab_size=int(text_tokenizer.vocab_size))

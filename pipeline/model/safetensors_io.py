@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import struct
 import tempfile
 from collections.abc import Iterable
@@ -152,15 +151,6 @@ def _plan_shards(items: list[tuple[str, torch.Tensor]], dtype: torch.dtype | Non
     return shards
 
 
-def _put(local_path: str, url: str) -> None:
-    if fs.is_remote(url):
-        fsys, path = fs.get_fs(url)
-        fs.retry(lambda: fsys.put_file(local_path, path), url, what="write")
-    else:
-        os.makedirs(os.path.dirname(fs.get_fs(url)[1]) or ".", exist_ok=True)
-        shutil.copyfile(local_path, fs.get_fs(url)[1])
-
-
 def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], out_url: str, *, dtype: torch.dtype | None,
                   max_shard_bytes: int) -> list[str]:
     """Write ``(key, tensor)`` pairs into folder ``out_url`` (local or remote), floating-point tensors
@@ -192,7 +182,7 @@ def write_sharded(tensors: Iterable[tuple[str, torch.Tensor]], out_url: str, *, 
             local = os.path.join(tmp, name)
             save_file(part, local, metadata={"format": "pt"})
             del part
-            _put(local, fs.join(out_url, name))
+            fs.copy_file(local, fs.join(out_url, name))
             os.remove(local)
     if len(names) > 1:
         fs.write_json(fs.join(out_url, INDEX_FILE), {"metadata": {"total_size": total}, "weight_map": weight_map})

@@ -15,41 +15,21 @@ from typing import Any
 
 from pipeline import fs
 from pipeline.errors import UserError
+from pipeline.model.prompt import format_prompt
 
 __all__ = [
     "PAD_TOKEN",
-    "SENTENCEPIECE_SPACE",
     "build_demo_tokenizer",
     "load_text_tokenizer",
     "save_text_tokenizer",
-    "copy_dir_to_local",
-    "sentencepiece_space_id",
 ]
 
 PAD_TOKEN = "<PAD>"
-SENTENCEPIECE_SPACE = "\u2581"  # "▁": Llama-2 id 29871
 _DEMO_SPECIALS = ("<unk>", "<s>", "</s>")  # ids 0, 1, 2 as in Llama-2
 _TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
     "added_tokens.json", "vocab.json", "merges.txt", "chat_template.jinja",
 )
-
-
-def copy_dir_to_local(url: str, local_dir: str) -> str:
-    """Copy the files (recursively) of a local or ``gs://`` directory ``url`` into ``local_dir``."""
-    if not fs.exists(url):
-        raise UserError(f"{url}: directory not found")
-    os.makedirs(local_dir, exist_ok=True)
-    for child in fs.listdir(url):
-        name = fs.basename(child)
-        dst = os.path.join(local_dir, name)
-        fsys, path = fs.get_fs(child)
-        if fsys.isdir(path):
-            copy_dir_to_local(child, dst)
-        else:
-            with open(dst, "wb") as f:
-                f.write(fs.read_bytes(child))
-    return local_dir
 
 
 def load_text_tokenizer(url: str) -> Any:
@@ -69,8 +49,7 @@ def load_text_tokenizer(url: str) -> Any:
         for name in _TOKENIZER_FILES:
             src = fs.join(url, name)
             if fs.exists(src):
-                with open(os.path.join(tmp, name), "wb") as f:
-                    f.write(fs.read_bytes(src))
+                fs.copy_file(src, os.path.join(tmp, name))
         if not any(os.path.exists(os.path.join(tmp, n)) for n in ("tokenizer.json", "tokenizer.model")):
             raise UserError(f"{url}: no tokenizer.json or tokenizer.model found; pass an HF tokenizer dir")
         try:
@@ -93,17 +72,7 @@ def save_text_tokenizer(tokenizer: Any, url: str) -> None:
         return
     with tempfile.TemporaryDirectory(prefix="vla-tok-") as tmp:
         tokenizer.save_pretrained(tmp)
-        for name in sorted(os.listdir(tmp)):
-            with open(os.path.join(tmp, name), "rb") as f:
-                fs.write_bytes(fs.join(url, name), f.read())
-
-
-def sentencepiece_space_id(tokenizer: Any) -> int | None:
-    """Id of the standalone SentencePiece space piece "▁" (Llama-2: 29871), or None when the
-    tokenizer is not SentencePiece-based (e.g. the byte-level BPE demo tokenizer)."""
-    vocab = tokenizer.get_vocab()
-    tid = vocab.get(SENTENCEPIECE_SPACE)
-    return None if tid is None else int(tid)
+        fs.copy_dir(tmp, url)
 
 
 def build_demo_tokenizer(
@@ -128,8 +97,6 @@ def build_demo_tokenizer(
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from pipeline.model.prompt import format_prompt
 
     texts = sorted({str(s) for s in instructions})
     corpus = [format_prompt(t) for t in texts] + texts

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline import fs
 from pipeline.model.presets import VisionSpec, VLAConfig
 from pipeline.model.prompt import IGNORE_INDEX
 from pipeline.model.tokenizer import ActionTokenizer
@@ -262,30 +261,6 @@ class VLA(nn.Module):
         n_llm = sum(q.numel() for q in self.llm.parameters()) - self.llm.get_input_embeddings().weight.numel()
         total += 6.0 * n_llm * t + 12.0 * self.config.llm_num_layers * self.config.llm_hidden_size * t ** 2
         return total
-
-    # -- export ------------------------------------------------------------------------------------
-    def save_pretrained(self, out_url: str, *, tokenizer: Any = None,
-                        state_dict: dict[str, torch.Tensor] | None = None,
-                        extra_json: dict[str, Any] | None = None, dtype: str | None = None) -> None:
-        """Export to a local or gs:// dir in the ``vla`` layout (:mod:`pipeline.model.export_format`):
-        weights (``state_dict`` if given, e.g. an FSDP-gathered full state dict on rank 0; else this
-        module's) in ``dtype`` (bfloat16 | float32 | None: as stored), the tokenizer's files if given,
-        one JSON file per ``extra_json`` entry (``dataset_statistics.json`` also feeds the model card)."""
-        from pipeline.model.export_format import save_model_dir
-
-        extra = dict(extra_json or {})
-        stats = extra.pop("dataset_statistics.json", None)
-        for name, obj in extra.items():
-            fs.write_json(fs.join(out_url, name), obj)
-        save_model_dir(self, out_url, tokenizer=tokenizer, norm_stats=stats, dtype=dtype, state=state_dict)
-
-    @classmethod
-    def from_pretrained(cls, url: str, *, device: str | torch.device = "cpu") -> VLA:
-        """Load a ``vla export`` folder or an OpenVLA checkpoint (local, gs:// or hub id) in float32
-        on ``device`` (:func:`pipeline.model.pretrained.load_pretrained_vla`)."""
-        from pipeline.model.pretrained import load_pretrained_vla
-
-        return load_pretrained_vla(url, device=device).model
 
 
 def build_vla(cfg: VLAConfig, *, vocab_size: int | None = None, pad_token_id: int | None = None,

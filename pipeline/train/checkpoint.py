@@ -12,8 +12,12 @@ Layout of one checkpoint (any fsspec URL; ``gs://`` goes through a local staging
         COMMIT                           written by rank 0 after every rank finished (barrier)
 
 A directory without ``COMMIT`` is partial (a crash mid-save): ``resume=auto`` ignores it, reports
-it, and removes it. Saving a model and optimizer at world size W and loading at W' != W reshards
-through DCP; the per-rank data/RNG states then do not apply and the stream restarts its order.
+it, and removes it. Saving at world size W and loading at W' != W reshards the model and optimizer
+through DCP; the data stream resumes at the saved global position (rank 0's state: the stream
+re-derives each rank's share of the epoch plan), and the RNG states restart from the seed.
+
+A save calls the run's hooks (:mod:`pipeline.train.hooks`): ``after_shards`` once the DCP shards
+are written, ``before_commit`` once every file is in place and before ``COMMIT``.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ import torch
 import torch.distributed as dist
 
 from pipeline import fs
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
+from pipeline.train.hooks import TrainHooks
 from pipeline.train.parallel import barrier, rank_and_world
 
 __all__ = [
@@ -46,10 +51,8 @@ __all__ = [
     "rng_state",
     "set_rng_state",
     "COMMIT",
-    "check_reachable",
     "download_dir",
     "check_shapes",
-    "upload_dir",
 ]
 
 log = logging.getLogger("pipeline.train")
@@ -69,9 +72,9 @@ class CheckpointConfig:
 
     def __post_init__(self) -> None:
         if self.save_every < 1:
-            raise ValueError(f"checkpoint.save_every={self.save_every}: must be >= 1")
+            raise ConfigError("save_every", self.save_every, "must be >= 1")
         if self.keep_last < 0:
-            raise ValueError(f"checkpoint.keep_last={self.keep_last}: must be >= 0")
+            raise ConfigError("keep_last", self.keep_last, "must be >= 0")
 
 
 def step_dir_name(step: int) -> str:
@@ -175,11 +178,13 @@ class CheckpointManager:
     ``files`` maps extra file names (config.yaml, model_config.json, ...) to their text.
     """
 
-    def __init__(self, cfg: CheckpointConfig, *, root: str, states: dict[str, Any], files: dict[str, str]) -> None:
+    def __init__(self, cfg: CheckpointConfig, *, root: str, states: dict[str, Any], files: dict[str, str],
+                 hooks: TrainHooks | None = None) -> None:
         self.cfg = cfg
         self.root = root
         self.states = states
         self.files = files
+        self.hooks = hooks or TrainHooks()
         self.rank, self.world = rank_and_world()
         self._pending: tuple[Any, int, str, str | None] | None = None
         self._async_pg = None
@@ -236,9 +241,11 @@ class CheckpointManager:
         if self.cfg.async_save:
             future = dcp.async_save(app, storage_writer=writer, process_group=self._async_group())
             self._pending = (future, step, url, staging)
+            self.hooks.after_shards(step)
             self._write_small(step, target)
             return url
         dcp.save(app, storage_writer=writer)
+        self.hooks.after_shards(step)
         self._write_small(step, target)
         self._finalize(step, url, staging)
         return url
@@ -255,7 +262,9 @@ class CheckpointManager:
 
     def _finalize(self, step: int, url: str, staging: str | None) -> None:
         if staging is not None:
-            upload_dir(staging, url)
+            fs.copy_dir(staging, url)
+        self.hooks.before_commit(step)
+        if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         barrier()  # every rank's files are in place
         if self.rank == 0:
@@ -360,44 +369,12 @@ def check_shapes(local: str, model: torch.nn.Module, url: str) -> None:
                         "model preset or code version")
 
 
-def upload_dir(local: str, url: str) -> None:
-    """Upload every file under ``local`` to ``url``; each file is retried on its own (fs.retry), so an
-    outage costs the file in flight, not the files already uploaded. Raises when one cannot be written."""
-    for dirpath, _, names in os.walk(local):
-        for name in sorted(names):
-            rel = os.path.relpath(os.path.join(dirpath, name), local)
-            with open(os.path.join(dirpath, name), "rb") as f:
-                fs.write_bytes(fs.join(url, *rel.split(os.sep)), f.read())
-
-
 def download_dir(url: str) -> str:
+    """A local temp copy of checkpoint ``url`` (the caller removes it)."""
     local = tempfile.mkdtemp(prefix="vla-ckpt-load-")
-    fsys, path = fs.get_fs(url)
     try:
-        for remote in fs.retry(lambda: fsys.find(path), url, what="list"):
-            rel = os.path.relpath(remote, path)
-            dst = os.path.join(local, rel)
-            os.makedirs(os.path.dirname(dst), exist_ok=True)
-            data = fs.retry(lambda r=remote: fsys.cat_file(r), fs.join(url, rel), what="read")
-            with open(dst, "wb") as f:
-                f.write(data)
+        fs.copy_dir(url, local)
     except BaseException:
         shutil.rmtree(local, ignore_errors=True)
         raise
     return local
-
-
-def check_reachable(root: str) -> None:
-    """UserError when the checkpoint root's storage cannot be listed/written (bad bucket, no host)."""
-    try:
-        if fs.is_remote(root):
-            fsys, path = fs.get_fs(root)
-            bucket = path.split("/", 1)[0]
-            policy = fs.retry_policy()  # a preflight: tolerate a blip, but answer within ~15 s
-            fs.retry(lambda: fsys.ls(bucket), root, what="list",
-                     policy=fs.RetryPolicy(policy.attempts, min(policy.max_s, 15.0), policy.base_s))
-        else:
-            os.makedirs(root, exist_ok=True)
-    except Exception as e:  # noqa: BLE001 - any storage failure is reported as one line
-        raise UserError(f"checkpoint.dir={root}: storage not reachable ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''})") from e

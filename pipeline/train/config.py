@@ -1,18 +1,20 @@
 """``TrainConfig``: the typed config tree of ``vla train`` (omegaconf structured dataclasses).
 
-Sections: ``model`` (VLAConfig), ``data``, ``optim``, ``fsdp``, ``checkpoint``, ``stop``,
-``metrics``, ``eval``, ``debug``; top level: ``run_dir``, ``seed``, ``resume``, ``nproc``, batch sizes.
-Every value is checked in ``__post_init__`` (one line naming the key and the fix).
+Sections: ``model`` (VLAConfig), ``data`` (with ``data.stream``), ``optim``, ``fsdp``,
+``checkpoint``, ``stop``, ``metrics``, ``eval``, ``debug``; top level: ``run_dir``, ``seed``,
+``resume``, ``nproc``, batch sizes. Sections compose (no config inherits another); each checks its
+values in ``__post_init__`` and raises ConfigError, which the loader reports with the full key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from pipeline.config import helpfield
+from pipeline.data.manifest import CURATED_VERSION
 from pipeline.data.stream.training_stream import StreamConfig
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 from pipeline.model.presets import VLAConfig
 from pipeline.train.checkpoint import CheckpointConfig
 from pipeline.train.evaluate import EvalConfig
@@ -35,42 +37,31 @@ __all__ = [
 
 
 @dataclass(kw_only=True)
-class DataConfig(StreamConfig):
-    """The training stream's config (``pipeline.data.stream.training_stream.StreamConfig``) plus the data source and
-    tokenizer. ``batch_size``, ``seed`` and ``resolution`` come from the run (per_device_batch,
-    seed, model.image_size) unless set here."""
+class DataConfig:
+    """Where the training data comes from (curated mixture or synthetic) and the text tokenizer; the
+    stream's own knobs are the ``stream`` section (``pipeline.data.stream.training_stream.StreamConfig``,
+    checked by the stream). The per-rank batch is ``per_device_batch``."""
 
     source: str = helpfield("stream", "stream (curated data) | synthetic (tests, benchmarks)")
-    data_root: str = helpfield("curated", "curated output root (local dir or gs://), holds <dataset>/1.0.0/")
+    data_root: str = helpfield("curated", f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
     mixture: str = helpfield("demo", "mixture name or YAML path (dataset_mixtures/<name>.yaml)")
     tokenizer: str = helpfield("demo", "demo (offline BPE) or an HF tokenizer dir URL (local or gs://)")
-    batch_size: int = helpfield(0, "leave 0: the per-rank batch is per_device_batch")
     seed: int = helpfield(-1, "data order/augmentation seed (-1: the run seed)")
     resolution: int = helpfield(0, "image size fed to the model (0: model.image_size)")
-    num_workers: int = helpfield(0, "decode processes (0 = decode in the training process)")
     synthetic_tasks: int = helpfield(8, "synthetic source: number of distinct (instruction, action) tasks")
+    stream: StreamConfig = helpfield(StreamConfig(num_workers=0))
 
     def __post_init__(self) -> None:
         if self.source not in ("stream", "synthetic"):
-            raise UserError(f"data.source={self.source!r}: expected stream or synthetic")
-        if self.batch_size != 0:
-            raise UserError(f"data.batch_size={self.batch_size}: set per_device_batch instead (leave 0)")
+            raise ConfigError("source", self.source, "expected stream or synthetic")
         if self.resolution != 0 and self.resolution < 8:
-            raise UserError(f"data.resolution={self.resolution}: must be >= 8 (0: model.image_size)")
+            raise ConfigError("resolution", self.resolution, "must be >= 8 (0: model.image_size)")
         if self.synthetic_tasks < 1:
-            raise UserError(f"data.synthetic_tasks={self.synthetic_tasks}: must be >= 1")
-        from pipeline.data.schema import CAMERA_SLOTS
+            raise ConfigError("synthetic_tasks", self.synthetic_tasks, "must be >= 1")
 
-        if not self.cameras or any(c not in CAMERA_SLOTS for c in self.cameras):
-            raise UserError(f"data.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
-
-    def stream_config(self, *, batch_size: int, seed: int, resolution: int) -> StreamConfig:
-        """The ``StreamConfig`` for this run (run-level values filled in, checks applied)."""
-        names = {f.name for f in dataclasses.fields(StreamConfig)}
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name in names}
-        values.update(batch_size=batch_size, seed=seed if self.seed < 0 else self.seed,
-                      resolution=self.resolution or resolution, cameras=list(self.cameras))
-        return StreamConfig(**values)
+    def run_seed(self, seed: int) -> int:
+        """The data seed of a run whose seed is ``seed``."""
+        return seed if self.seed < 0 else self.seed
 
 
 @dataclass(kw_only=True)
@@ -82,27 +73,27 @@ class StopConfig:
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
-            raise UserError(f"stop.max_steps={self.max_steps}: must be >= 1")
+            raise ConfigError("max_steps", self.max_steps, "must be >= 1")
         if self.window < 1:
-            raise UserError(f"stop.window={self.window}: must be >= 1")
+            raise ConfigError("window", self.window, "must be >= 1")
 
 
 @dataclass(kw_only=True)
 class DebugConfig:
-    crash_at_step: int = field(default=-1, metadata={"help": "fault injection: os._exit(1) after this step (-1: off)"})
-    crash_rank: int = field(default=0, metadata={"help": "fault injection: the rank that exits (or gets SIGTERM)"})
-    term_at_step: int = field(default=-1, metadata={"help": "preemption drill: SIGTERM to crash_rank after this step (-1: off)"})
-    sample_log: bool = field(default=False, metadata={"help": "accounting: each rank appends its per-step (epoch, dataset, episode_id, frame) to run_dir/samples/"})
-    save_fault_step: int = field(default=-1, metadata={"help": "fault injection: crash_rank faults once inside this step's checkpoint save, before COMMIT (-1: off)"})
-    save_fault: str = field(default="kill", metadata={"help": "kill (SIGKILL itself) | pause (sleep save_pause_s: a window for an external kill)"})
-    save_fault_phase: str = field(default="before_commit", metadata={"help": "before_commit (all files written/uploaded) | after_shards (DCP shards only)"})
-    save_pause_s: float = field(default=30.0, metadata={"help": "save_fault=pause: seconds to sleep"})
+    """Drills and probes, run through the hook points of the loop (pipeline.train.hooks)."""
+
+    crash_at_step: int = helpfield(-1, "fault injection: crash_rank exits hard once after this step (-1: off)")
+    crash_rank: int = helpfield(0, "fault injection: the rank that exits (or gets SIGTERM)")
+    term_at_step: int = helpfield(-1, "preemption drill: SIGTERM to crash_rank after this step (-1: off)")
+    sample_log: bool = helpfield(False, "accounting: each rank appends its per-step (epoch, dataset, episode_id, frame) to run_dir/samples/")
+    hooks: str = helpfield("", "import string module:factory of extra TrainHooks (pipeline.train.hooks), called with hook_args")
+    hook_args: dict[str, Any] = helpfield({}, "keyword arguments of the hooks factory (debug.hook_args.<name>=<value>)")
 
     def __post_init__(self) -> None:
-        if self.save_fault not in ("kill", "pause"):
-            raise UserError(f"debug.save_fault={self.save_fault!r}: expected kill or pause")
-        if self.save_fault_phase not in ("before_commit", "after_shards"):
-            raise UserError(f"debug.save_fault_phase={self.save_fault_phase!r}: expected before_commit or after_shards")
+        if self.hooks and (":" not in self.hooks or self.hooks.startswith(":") or self.hooks.endswith(":")):
+            raise ConfigError("hooks", self.hooks, "expected an import string module:factory")
+        if self.hook_args and not self.hooks:
+            raise ConfigError("hook_args", self.hook_args, "set debug.hooks (the factory they are for)")
 
 
 @dataclass(kw_only=True)
@@ -125,15 +116,24 @@ class TrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     debug: DebugConfig = field(default_factory=DebugConfig)
 
+    # keys that moved: an old key in a config or override is refused with its new name
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        **{f"data.{k}": f"data.stream.{k}" for k in ("cameras", "augment", "buffer_bytes", "num_workers",
+                                                     "prefetch_batches", "io_threads", "split", "index_cache_dir")},
+        "data.batch_size": "per_device_batch",
+        **{f"debug.{k}": "debug.hooks (the fault suite: tests/faults/suite/hooks.py)"
+           for k in ("save_fault_step", "save_fault", "save_fault_phase", "save_pause_s")},
+    }
+
     def __post_init__(self) -> None:
         if self.nproc < 1:
-            raise UserError(f"nproc={self.nproc}: must be >= 1")
+            raise ConfigError("nproc", self.nproc, "must be >= 1")
         if self.per_device_batch < 1:
-            raise UserError(f"per_device_batch={self.per_device_batch}: must be >= 1")
+            raise ConfigError("per_device_batch", self.per_device_batch, "must be >= 1")
         if self.global_batch < 0:
-            raise UserError(f"global_batch={self.global_batch}: must be >= 0 (0: per_device_batch * world)")
-        if self.resume not in ("auto", "none") and not self.resume:
-            raise UserError("resume='': expected auto, none or a checkpoint URL")
+            raise ConfigError("global_batch", self.global_batch, "must be >= 0 (0: per_device_batch * world)")
+        if not self.resume:
+            raise ConfigError("resume", self.resume, "expected auto, none or a checkpoint URL")
         self._check_weights_sources()
 
     def _check_weights_sources(self) -> None:

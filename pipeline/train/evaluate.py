@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 from pipeline.train.metrics import action_stats
 
 __all__ = ["EvalConfig", "Evaluator", "build_evaluator"]
@@ -42,9 +42,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         if self.every_steps < 0:
-            raise UserError(f"eval.every_steps={self.every_steps}: must be >= 0 (0: off)")
+            raise ConfigError("every_steps", self.every_steps, "must be >= 0 (0: off)")
         if self.batches < 1:
-            raise UserError(f"eval.batches={self.batches}: must be >= 1")
+            raise ConfigError("batches", self.batches, "must be >= 1")
 
 
 class Evaluator:
@@ -128,13 +128,13 @@ def build_evaluator(cfg: Any, *, mixture: Any, prompt_builder: Any, pad_id: int,
         log.warning("eval: no dataset of mixture %s has validation episodes under %s; validation is off",
                     mixture.name, root)
         return None
-    scfg = cfg.data.stream_config(batch_size=cfg.per_device_batch, seed=cfg.seed, resolution=image_size)
-    scfg = dataclasses.replace(scfg, split="val", seed=cfg.eval.seed, augment=False, num_workers=0,
-                               prefetch_batches=1, buffer_bytes=max(2**20, scfg.buffer_bytes // 8))
+    scfg = dataclasses.replace(cfg.data.stream, split="val", augment=False, num_workers=0, prefetch_batches=1,
+                               buffer_bytes=max(2**20, cfg.data.stream.buffer_bytes // 8))
     vmix = Mixture(name=f"{mixture.name}[val]", datasets=val, balance_by_size=mixture.balance_by_size)
     try:
-        stream = TrainingStream(scfg, rank=rank, world_size=world, prompt_builder=prompt_builder, pad_id=pad_id,
-                                mixture=vmix)
+        stream = TrainingStream(scfg, data_root=root, batch_size=cfg.per_device_batch, seed=cfg.eval.seed,
+                                resolution=cfg.data.resolution or image_size, rank=rank, world_size=world,
+                                prompt_builder=prompt_builder, pad_id=pad_id, mixture=vmix)
     except UserError as e:  # fewer validation frames than one global batch
         log.warning("eval: %s; validation is off", e)
         return None

@@ -10,7 +10,7 @@ default, in shards of at most ``max_shard_size``. ``checkpoint`` may also be a m
 layout, local, gs:// or hub id): the export then converts it. ``adapter=DIR`` (LoRA checkpoints of
 ``vla finetune``): also write the un-merged adapters as a standalone peft adapter.
 
-Load an export with :func:`load_exported` (model, tokenizer, statistics), ``VLA.from_pretrained``
+Load an export with :func:`load_exported` (model, tokenizer, statistics), ``pipeline.model.pretrained.load_pretrained_vla``
 or ``VLAPolicy.from_pretrained``. The sharded checkpoint is read by a single process without a
 process group (DCP reshards to one).
 """
@@ -190,9 +190,10 @@ def load_checkpoint_model(checkpoint: str) -> Any:
 
 def load_exported(url: str, *, device: str = "cpu") -> tuple[Any, Any, dict]:
     """``(model, tokenizer, dataset_statistics)`` of an export, ready for inference."""
-    from pipeline.model import VLA, load_text_tokenizer
+    from pipeline.model import load_text_tokenizer
+    from pipeline.model.pretrained import load_pretrained_vla
 
-    model = VLA.from_pretrained(url, device=device).eval()
+    model = load_pretrained_vla(url, device=device).model.eval()
     tokenizer = load_text_tokenizer(url)
     return model, tokenizer, fs.read_json(fs.join(url, "dataset_statistics.json"))
 

@@ -3,13 +3,13 @@
     vla finetune base=<export dir | checkpoint> data.data_root=<curated> data.mixture=<yaml> \\
         lora.rank=32 [nproc=N] [run_dir=runs/finetune]
 
-``base`` is a model folder: a ``vla export`` / ``VLA.save_pretrained`` dir or an OpenVLA / Prismatic
+``base`` is a model folder: a ``vla export`` / ``save_model_dir`` dir or an OpenVLA / Prismatic
 HF checkpoint (config.json + safetensors + tokenizer; local, gs:// or a hub id such as
 ``openvla/openvla-7b``), or a training checkpoint (a ``step_*`` dir with COMMIT, a checkpoints root
 or a run dir: the latest committed one; a LoRA checkpoint is merged first). The model architecture
 and the text tokenizer come from the base; ``model.*`` and ``data.tokenizer`` are ignored.
 
-Everything else is ``vla train``: :func:`pipeline.train.main.train` runs with :class:`FinetuneHooks`
+Everything else is ``vla train``: :func:`pipeline.train.main.train` runs with :class:`FinetuneRecipe`
 (load the base, inject LoRA adapters, freeze the rest, then AC + FSDP2 as in pretraining), so
 metrics, the stop rule, checkpoints (DCP model incl. frozen weights + optimizer of the adapters
 only, ``lora_config.json``), ``resume=auto`` (bit-identical on CPU) and ``nproc=N`` (torchrun
@@ -32,13 +32,14 @@ from typing import Any
 
 from pipeline import fs
 from pipeline.config import MISSING, helpfield
-from pipeline.errors import UserError
+from pipeline.data.stream.training_stream import StreamConfig
+from pipeline.errors import ConfigError, UserError
 from pipeline.train.config import DataConfig, TrainConfig
 from pipeline.train.lora import LoRAConfig
-from pipeline.train.main import TrainHooks, rank_main, shard_model
+from pipeline.train.main import TrainRecipe, rank_main, shard_model
 from pipeline.train.optim import OptimConfig
 
-__all__ = ["FinetuneConfig", "FinetuneHooks", "BaseModel", "resolve_base", "finetune", "run_finetune", "main"]
+__all__ = ["FinetuneConfig", "FinetuneRecipe", "BaseModel", "resolve_base", "finetune", "run_finetune", "main"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -52,12 +53,12 @@ class FinetuneConfig(TrainConfig):
     export_dir: str = helpfield("", "merged export written at the end (empty: <run_dir>/export)")
     run_dir: str = helpfield("runs/finetune", "metrics, TensorBoard, checkpoints (local dir)")
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-4))
-    data: DataConfig = field(default_factory=lambda: DataConfig(augment=True))
+    data: DataConfig = field(default_factory=lambda: DataConfig(stream=StreamConfig(num_workers=0, augment=True)))
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.base != MISSING and not str(self.base).strip():
-            raise UserError("base='': expected a `vla export` dir or a training checkpoint URL")
+            raise ConfigError("base", self.base, "expected a `vla export` dir or a training checkpoint URL")
 
     def _check_weights_sources(self) -> None:
         return  # the base supplies both the model and its tokenizer
@@ -110,7 +111,7 @@ def _load_base(base: BaseModel, device: Any) -> tuple[Any, Any]:
     return load_checkpoint_model(base.url).to(device), None
 
 
-class FinetuneHooks(TrainHooks):
+class FinetuneRecipe(TrainRecipe):
     """Tokenizer and model from the base; LoRA adapters injected before FSDP2."""
 
     def __init__(self, cfg: FinetuneConfig, base: BaseModel) -> None:
@@ -177,7 +178,7 @@ def finetune(cfg: FinetuneConfig) -> dict:
     from pipeline.train.main import train
 
     cfg, base = prepare(cfg)
-    return train(cfg, FinetuneHooks(cfg, base))
+    return train(cfg, FinetuneRecipe(cfg, base))
 
 
 def export_merged(cfg: FinetuneConfig, summary: dict) -> str | None:
@@ -201,7 +202,7 @@ def run_finetune(cfg: FinetuneConfig) -> int:
     if cfg.nproc == 1 or under_torchrun():
         from pipeline.train.main import train
 
-        summary = train(cfg, FinetuneHooks(cfg, base))
+        summary = train(cfg, FinetuneRecipe(cfg, base))
         print(json.dumps(summary))
     else:
         validate(cfg, cfg.nproc)

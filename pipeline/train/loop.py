@@ -1,23 +1,25 @@
 """The training loop: a list of calls. One step = ``accum`` micro-batches of forward + backward,
 grad clip, AdamW update, LR schedule, metrics (all-reduced), validation (every ``eval.every_steps``),
-stop rule, checkpoint.
+the ``after_step`` hook, stop rule, checkpoint.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pipeline import fs
+from pipeline.train.hooks import TrainHooks
 from pipeline.train.metrics import MovingAverage, StepStats, action_stats
-from pipeline.train.optim import clip_grad_norm
+from pipeline.train.optim import OptimConfig, clip_grad_norm
 
-__all__ = ["TrainState", "Loop", "run_loop", "train_step", "stop_reason", "maybe_crash", "stream_epoch", "SignalWatch"]
+if TYPE_CHECKING:
+    from pipeline.train.config import StopConfig
+
+__all__ = ["TrainState", "Loop", "run_loop", "train_step", "stop_reason", "stream_epoch", "SignalWatch"]
 
 log = logging.getLogger("pipeline.train")
 
@@ -46,7 +48,7 @@ class TrainState:
 
 @dataclass(kw_only=True)
 class Loop:
-    """Everything one step needs (runtime objects; the config stays separate)."""
+    """Everything one step needs: runtime objects, plus the config sections the loop reads."""
 
     model: Any
     optimizer: Any
@@ -58,18 +60,12 @@ class Loop:
     checkpointer: Any
     device: torch.device
     accum: int
-    grad_clip: float
     world_size: int
-    rank: int
     peak_flops: float
     dataset_names: list[str]
-    stop_accuracy: float
-    max_steps: int
-    max_epochs: float
-    crash_at_step: int = -1
-    crash_rank: int = 0
-    term_at_step: int = -1
-    run_dir: str = "."
+    stop: StopConfig
+    optim: OptimConfig
+    hooks: TrainHooks = field(default_factory=TrainHooks)  # after_step (pipeline.train.hooks)
     signals: Any = None  # SignalWatch: SIGTERM -> checkpoint and stop after the current step
     sample_log: Any = None  # metrics.SampleLog (debug.sample_log): per-step (epoch, dataset, episode, frame)
     evaluator: Any = None  # evaluate.Evaluator: validation metrics every eval.every_steps
@@ -110,7 +106,7 @@ def train_step(loop: Loop) -> dict:
         if loop.sample_log is not None:
             loop.sample_log.add(getattr(loop.stream, "epoch", None), batch.get("meta") or [])
         _micro_step(loop, batch, time.perf_counter() - t0)
-    grad_norm = clip_grad_norm(loop.model, loop.grad_clip)
+    grad_norm = clip_grad_norm(loop.model, loop.optim.grad_clip)
     lr = loop.optimizer.param_groups[0]["lr"]
     loop.optimizer.step()
     loop.optimizer.zero_grad(set_to_none=True)
@@ -150,62 +146,15 @@ def _record(loop: Loop, r: dict, lr: float, grad_norm: float, step_time: float) 
     }
 
 
-def stop_reason(avg: MovingAverage, *, step: int, epoch: float, accuracy: float, max_steps: int,
-                max_epochs: float) -> str | None:
+def stop_reason(avg: MovingAverage, stop: StopConfig, *, step: int, epoch: float) -> str | None:
     """Why training stops after ``step`` (None: keep going). Accuracy first, then the limits."""
-    if avg.reached(accuracy):
+    if avg.reached(stop.accuracy):
         return "accuracy"
-    if step >= max_steps:
+    if step >= stop.max_steps:
         return "max_steps"
-    if max_epochs and epoch >= max_epochs:
+    if stop.max_epochs and epoch >= stop.max_epochs:
         return "max_epochs"
     return None
-
-
-def maybe_crash(loop: Loop) -> None:
-    """Fault injection: ``debug.term_at_step`` sends SIGTERM to this rank (a preemption drill);
-    ``debug.crash_at_step`` exits hard once, after that step's update."""
-    if loop.state.step == loop.term_at_step and loop.rank == loop.crash_rank:
-        import signal
-
-        os.kill(os.getpid(), signal.SIGTERM)
-    if loop.state.step != loop.crash_at_step or loop.rank != loop.crash_rank:
-        return
-    marker = fs.join(loop.run_dir, f".crashed_{loop.crash_at_step}")
-    if fs.exists(marker):
-        return
-    fs.write_text(marker, f"rank {loop.rank}\n")
-    log.warning("debug.crash_at_step=%d: exiting rank %d", loop.crash_at_step, loop.rank)
-    os._exit(1)
-
-
-def install_save_fault(ckpt: Any, debug: Any, *, run_dir: str) -> None:
-    """Fault injection (``debug.save_fault_*``) on this rank's ``CheckpointManager``: once (marker
-    ``run_dir/.save_fault_<step>``, holding the pid, written first), inside the save of
-    ``save_fault_step`` it SIGKILLs itself (``kill``) or sleeps ``save_pause_s`` (``pause``: a window
-    for an external ``kill -9``). Phase ``after_shards``: the DCP shards are written (still in flight
-    with ``async_save``), the rank and train-state files are not. ``before_commit``: every file is written (and uploaded, for gs://)."""
-    import signal
-
-    name = "_write_small" if debug.save_fault_phase == "after_shards" else "_finalize"
-    original = getattr(ckpt, name)
-
-    def hooked(step: int, *args: Any) -> Any:
-        marker = fs.join(run_dir, f".save_fault_{step}")
-        if step == debug.save_fault_step and not fs.exists(marker):
-            if name == "_finalize" and args[1] is not None:
-                from pipeline.train.checkpoint import upload_dir
-
-                upload_dir(args[1], args[0])  # remote: the staged files reach the bucket, COMMIT does not
-            fs.write_text(marker, f"{os.getpid()}\n")
-            log.warning("debug.save_fault=%s in the save of step %d (%s)", debug.save_fault, step,
-                        debug.save_fault_phase)
-            if debug.save_fault == "kill":
-                os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(debug.save_pause_s)
-        return original(step, *args)
-
-    setattr(ckpt, name, hooked)
 
 
 class SignalWatch:
@@ -240,8 +189,7 @@ class SignalWatch:
 
 def run_loop(loop: Loop) -> dict:
     """Train until the stop rule fires (or SIGTERM); checkpoint every ``save_every`` steps and on stop."""
-    reason = stop_reason(loop.state.stop_avg, step=loop.state.step, epoch=loop.state.epoch,
-                         accuracy=loop.stop_accuracy, max_steps=loop.max_steps, max_epochs=loop.max_epochs)
+    reason = stop_reason(loop.state.stop_avg, loop.stop, step=loop.state.step, epoch=loop.state.epoch)
     record: dict = {}
     validation: dict = {}
     while reason is None:
@@ -253,10 +201,9 @@ def run_loop(loop: Loop) -> dict:
         if loop.sample_log is not None:
             loop.sample_log.write(loop.state.step)  # before the checkpoint of this step
         loop.checkpointer.wait()  # an async save of the previous step overlapped this step: commit it
-        maybe_crash(loop)
+        loop.hooks.after_step(loop.state.step)
         reason = "signal" if record["signal"] else stop_reason(
-            loop.state.stop_avg, step=loop.state.step, epoch=loop.state.epoch, accuracy=loop.stop_accuracy,
-            max_steps=loop.max_steps, max_epochs=loop.max_epochs)
+            loop.state.stop_avg, loop.stop, step=loop.state.step, epoch=loop.state.epoch)
         loop.checkpointer.save(loop.state.step, force=reason is not None)
     loop.checkpointer.wait()
     return {

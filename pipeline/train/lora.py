@@ -20,10 +20,10 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = ["LoRAConfig", "LORA_FILE", "lora_spec", "apply_lora", "apply_lora_spec", "merge_lora",
-           "target_modules", "trainable_summary", "is_lora_model"]
+           "target_modules", "trainable_summary"]
 
 LORA_FILE = "lora_config.json"
 ADAPTER = "default"
@@ -46,15 +46,15 @@ class LoRAConfig:
 
     def __post_init__(self) -> None:
         if self.rank < 1:
-            raise UserError(f"lora.rank={self.rank}: must be >= 1 (OpenVLA: 32)")
+            raise ConfigError("rank", self.rank, "must be >= 1 (OpenVLA: 32)")
         if self.alpha < 0:
-            raise UserError(f"lora.alpha={self.alpha}: must be >= 0 (0: min(rank, 16))")
+            raise ConfigError("alpha", self.alpha, "must be >= 0 (0: min(rank, 16))")
         if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lora.dropout={self.dropout}: must be in [0, 1)")
+            raise ConfigError("dropout", self.dropout, "must be in [0, 1)")
         if self.init not in _INITS:
-            raise UserError(f"lora.init={self.init!r}: expected gaussian or kaiming")
+            raise ConfigError("init", self.init, "expected gaussian or kaiming")
         if not self.target.strip():
-            raise UserError("lora.target='': expected all-linear or a comma list of layer names (q_proj,v_proj)")
+            raise ConfigError("target", self.target, "expected all-linear or a comma list of layer names (q_proj,v_proj)")
 
     @property
     def resolved_alpha(self) -> float:
@@ -105,12 +105,6 @@ def apply_lora(model: Any, cfg: LoRAConfig) -> tuple[Any, dict]:
     """``(model with adapters, spec)``; the LoRA init draws from the torch RNG (seed it first)."""
     spec = lora_spec(model, cfg)
     return apply_lora_spec(model, spec), spec
-
-
-def is_lora_model(model: nn.Module) -> bool:
-    from peft.tuners.lora import LoraLayer
-
-    return any(isinstance(m, LoraLayer) for m in model.modules())
 
 
 def merge_lora(model: nn.Module) -> nn.Module:

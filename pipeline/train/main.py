@@ -25,7 +25,7 @@ from pipeline.train.config import TrainConfig, grad_accum_steps
 from pipeline.train.parallel import ParallelDims
 
 __all__ = ["train", "run_train", "main", "rank_main", "resolve_model_init", "shard_model", "validate", "under_torchrun",
-           "TrainHooks"]
+           "TrainRecipe"]
 
 if TYPE_CHECKING:
     from pipeline.data.mixture.files import Mixture
@@ -49,14 +49,17 @@ def under_torchrun() -> bool:
 def validate(cfg: TrainConfig, world_size: int) -> tuple[int, Mixture | None]:
     """Check user input before anything is written; returns the grad-accumulation steps and the data
     mixture, parsed once for the stream (None for synthetic data)."""
+    from pipeline import storage
+
     accum = grad_accum_steps(cfg.global_batch, cfg.per_device_batch, world_size)
-    weights = [(f"model.init.{k}", v) for k, v in cfg.model.init.sources.items()]
-    for key, url in (("run_dir", cfg.run_dir), ("checkpoint.dir", cfg.checkpoint_root), ("data.data_root",
-                     cfg.data.data_root if cfg.data.source == "stream" else ""), ("resume", cfg.resume), *weights):
-        _check_location(key, url)
+    data_root = cfg.data.data_root if cfg.data.source == "stream" else ""
+    weights = [(f"model.init.{k}", v, False) for k, v in cfg.model.init.sources.items()]
+    for key, url, writable in (("run_dir", cfg.run_dir, True), ("checkpoint.dir", cfg.checkpoint_root, True),
+                               ("data.data_root", data_root, False), ("resume", cfg.resume, False), *weights):
+        storage.check_location(key, url, writable=writable)
     mixture = _check_data(cfg) if cfg.data.source == "stream" else None
     ParallelDims(world_size=world_size, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size)  # checks only
-    _check_storage(cfg.checkpoint_root)
+    storage.check_reachable("checkpoint.dir", cfg.checkpoint_root)
     if cfg.resume not in ("auto", "none"):
         _check_checkpoint(cfg.resume, cfg)
     elif cfg.resume == "auto":
@@ -66,38 +69,6 @@ def validate(cfg: TrainConfig, world_size: int) -> tuple[int, Mixture | None]:
         if latest:
             check_model_compatible(latest, cfg.model)
     return accum, mixture
-
-
-def _check_location(key: str, url: str) -> None:
-    """Fast, one-line failures for a URL that cannot work: unknown scheme, storage host that does not
-    answer (checked with one TCP connect, before the storage client's long retries), or a local
-    directory that cannot be created (a file on the path, no write permission)."""
-    import socket
-    from urllib.parse import urlparse
-
-    import fsspec
-
-    if url in ("", "auto", "none"):
-        return
-    if fs.is_remote(url):
-        scheme = url.split("://", 1)[0]
-        try:
-            fsspec.get_filesystem_class(scheme)
-        except (ValueError, ImportError):
-            raise UserError(f"{key}={url}: unsupported storage scheme '{scheme}://' (use a local path or gs://)") from None
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST", "")
-        proxied = any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy"))
-        if scheme in ("gs", "gcs") and (emulator or not proxied):
-            host = urlparse(emulator or "https://storage.googleapis.com")
-            port = host.port or (443 if host.scheme == "https" else 80)
-            try:
-                socket.create_connection((host.hostname, port), timeout=5).close()
-            except OSError as e:
-                raise UserError(f"{key}={url}: storage not reachable (cannot connect to {host.hostname}:{port}: "
-                                f"{e.strerror or type(e).__name__})") from None
-        return
-    if key in ("run_dir", "checkpoint.dir"):
-        fs.check_local_dir_writable(url, key)
 
 
 def _check_data(cfg: TrainConfig) -> Mixture:
@@ -118,16 +89,6 @@ def _check_data(cfg: TrainConfig) -> Mixture:
         raise UserError(f"data.mixture={cfg.data.mixture}: datasets not curated under {root}: "
                         f"{', '.join(missing)} (run `vla curate mixture={cfg.data.mixture} out={root}`)")
     return mixture
-
-
-def _check_storage(root: str) -> None:
-    try:
-        if fs.is_remote(root):
-            fsys, path = fs.get_fs(root)
-            fsys.ls(path.split("/", 1)[0])
-    except Exception as e:  # noqa: BLE001 - any storage failure is one line
-        raise UserError(f"checkpoint.dir={root}: storage not reachable ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0][:200]})") from e
 
 
 def _check_checkpoint(url: str, cfg: TrainConfig) -> None:
@@ -198,13 +159,14 @@ def build_stream(cfg: TrainConfig, *, prompt_builder: Any, pad_id: int, rank: in
         from pipeline.train.synthetic import SyntheticStream
 
         return SyntheticStream(prompt_builder=prompt_builder, pad_id=pad_id, batch_size=cfg.per_device_batch,
-                               rank=rank, world_size=world, seed=cfg.seed if cfg.data.seed < 0 else cfg.data.seed,
+                               rank=rank, world_size=world, seed=cfg.data.run_seed(cfg.seed),
                                image_size=cfg.data.resolution or image_size, num_tasks=cfg.data.synthetic_tasks)
     from pipeline.data.stream.training_stream import TrainingStream
 
-    scfg = cfg.data.stream_config(batch_size=cfg.per_device_batch, seed=cfg.seed, resolution=image_size)
-    return TrainingStream(scfg, rank=rank, world_size=world, prompt_builder=prompt_builder, pad_id=pad_id,
-                          mixture=mixture)
+    return TrainingStream(cfg.data.stream, data_root=cfg.data.data_root, mixture=mixture,
+                          batch_size=cfg.per_device_batch, seed=cfg.data.run_seed(cfg.seed),
+                          resolution=cfg.data.resolution or image_size, rank=rank, world_size=world,
+                          prompt_builder=prompt_builder, pad_id=pad_id)
 
 
 def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
@@ -301,7 +263,7 @@ def _resume_url(cfg: TrainConfig, rank: int) -> str | None:
 
 
 # -- train ----------------------------------------------------------------------------------------------
-class TrainHooks:
+class TrainRecipe:
     """The steps of ``train`` that a variant replaces (LoRA fine-tuning: pipeline.train.finetune)."""
 
     def __init__(self) -> None:
@@ -323,32 +285,36 @@ class TrainHooks:
         return {"init": self.init_report.to_dict()} if self.init_report is not None else {}
 
 
-def train(cfg: TrainConfig, hooks: TrainHooks | None = None) -> dict:
+def train(cfg: TrainConfig, recipe: TrainRecipe | None = None) -> dict:
     """Train as one rank of the current (or a new) process group; returns the run summary."""
     import torch
     import torch.distributed as dist
 
+    from pipeline.train.hooks import build_hooks
     from pipeline.train.parallel import init_distributed, resolve_device
 
     device = resolve_device(cfg.device)
     world = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     cfg = resolve_model_init(cfg)
     accum, mixture = validate(cfg, world)  # before the process group exists and before any write
+    hooks = build_hooks(cfg.debug)
     created = init_distributed(device)
     deterministic = (torch.are_deterministic_algorithms_enabled(),
                      torch.is_deterministic_algorithms_warn_only_enabled())
     try:
-        return _train(cfg, device, accum, hooks or TrainHooks(), mixture)
+        return _train(cfg, device, accum, recipe or TrainRecipe(), hooks, mixture)
     finally:
         torch.use_deterministic_algorithms(deterministic[0], warn_only=deterministic[1])
         if created and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture: Mixture | None) -> dict:
+def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks: Any,
+           mixture: Mixture | None) -> dict:
     from pipeline.model import ActionPromptBuilder
     from pipeline.train.checkpoint import CheckpointManager, ModelOptimState
     from pipeline.train.evaluate import build_evaluator
+    from pipeline.train.hooks import RunInfo
     from pipeline.train.loop import Loop, SignalWatch, TrainState, run_loop, stream_epoch
     from pipeline.train.metrics import MetricsLogger, MovingAverage, SampleLog, StepStats, peak_flops
     from pipeline.train.optim import build_optimizer, build_scheduler
@@ -359,9 +325,9 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
     _seed_everything(cfg.seed, cfg.deterministic and device.type == "cpu")
     dims = ParallelDims(world_size=world, mode=cfg.fsdp.mode, shard_size=cfg.fsdp.shard_size,
                         device_type=device.type)
-    tokenizer = hooks.tokenizer(cfg)
+    tokenizer = recipe.tokenizer(cfg)
     builder = ActionPromptBuilder(tokenizer)
-    model = hooks.model(cfg, tokenizer, device, dims.mesh)
+    model = recipe.model(cfg, tokenizer, device, dims.mesh)
     image_size = model.config.image_size
     stream = build_stream(cfg, prompt_builder=builder, pad_id=tokenizer.pad_token_id, rank=rank, world=world,
                           image_size=image_size, mixture=mixture)
@@ -370,13 +336,9 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
     state = TrainState(build_scheduler(optimizer, cfg.optim, cfg.stop.max_steps), MovingAverage(cfg.stop.window))
     files = {"config.yaml": to_yaml(cfg), "model_config.json": json.dumps(model.config.to_dict(), indent=2),
              "dataset_statistics.json": json.dumps(dataset_statistics(cfg, names), indent=2),
-             **_tokenizer_files(tokenizer), **hooks.files(cfg, model)}
-    ckpt = CheckpointManager(cfg.checkpoint, root=cfg.checkpoint_root, files=files,
+             **_tokenizer_files(tokenizer), **recipe.files(cfg, model)}
+    ckpt = CheckpointManager(cfg.checkpoint, root=cfg.checkpoint_root, files=files, hooks=hooks,
                              states={"app": ModelOptimState(model, optimizer), "train": state, "data": stream})
-    if cfg.debug.save_fault_step >= 0 and rank == cfg.debug.crash_rank:
-        from pipeline.train.loop import install_save_fault
-
-        install_save_fault(ckpt, cfg.debug, run_dir=cfg.run_dir)
     if rank == 0:
         fs.makedirs(cfg.run_dir)
         fs.write_text(fs.join(cfg.run_dir, "config.yaml"), files["config.yaml"])
@@ -389,15 +351,12 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
                            run_config=files["config.yaml"])
     evaluator = build_evaluator(cfg, mixture=mixture, prompt_builder=builder, pad_id=tokenizer.pad_token_id,
                                 rank=rank, world=world, image_size=image_size, device=device)
+    hooks.start(RunInfo(rank=rank, world_size=world, run_dir=cfg.run_dir))
     loop = Loop(model=model, optimizer=optimizer, stream=stream, action_tokenizer=builder.action_tokenizer,
-                state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt,
-                device=device, accum=accum, grad_clip=cfg.optim.grad_clip, world_size=world, rank=rank,
-                peak_flops=peak_flops(device, cfg.metrics.peak_tflops), dataset_names=names,
-                stop_accuracy=cfg.stop.accuracy, max_steps=cfg.stop.max_steps, max_epochs=cfg.stop.max_epochs,
-                crash_at_step=cfg.debug.crash_at_step, crash_rank=cfg.debug.crash_rank,
-                term_at_step=cfg.debug.term_at_step, run_dir=cfg.run_dir,
-                signals=SignalWatch().install(), sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None,
-                evaluator=evaluator)
+                state=state, stats=StepStats(len(names), device), logger=logger, checkpointer=ckpt, hooks=hooks,
+                device=device, accum=accum, world_size=world, peak_flops=peak_flops(device, cfg.metrics.peak_tflops),
+                dataset_names=names, stop=cfg.stop, optim=cfg.optim, signals=SignalWatch().install(),
+                sample_log=SampleLog(cfg.run_dir, rank) if cfg.debug.sample_log else None, evaluator=evaluator)
     log.info("training: world=%d mesh=%s accum=%d global_batch=%d resume=%s", world, dims.mesh.shape, accum,
              accum * world * cfg.per_device_batch, resume or "-")
     try:
@@ -412,7 +371,7 @@ def _train(cfg: TrainConfig, device: Any, accum: int, hooks: TrainHooks, mixture
         if evaluator is not None:
             evaluator.close()
     summary.update(run_dir=cfg.run_dir, world_size=world, resumed_from=resume, params=model.num_params(),
-                   **hooks.summary(model))
+                   **recipe.summary(model))
     if rank == 0:
         fs.write_json(fs.join(cfg.run_dir, "summary.json"), summary)
     return summary
@@ -452,18 +411,12 @@ def launch_torchrun(cfg: TrainConfig, extra_env: dict[str, str] | None = None,
 def rank_main(config_cls: type, entry: Any, argv: list[str] | None = None) -> int:
     """One rank under torchrun: parse ``[--config FILE] [key=value ...]`` into ``config_cls`` and run
     ``entry(cfg)``; a UserError is one redacted ``error:`` line and exit 2, as in the CLI."""
-    from pipeline.config import load_config
+    from pipeline.config import load_argv
     from pipeline.secrets import install, redact
 
     install()  # like pipeline.cli.main: credentials never reach logs or tracebacks
-    args = list(sys.argv[1:] if argv is None else argv)
-    config_file = None
-    if "--config" in args:
-        i = args.index("--config")
-        config_file = args[i + 1]
-        del args[i:i + 2]
     try:
-        entry(load_config(config_cls, args, config_file))
+        entry(load_argv(config_cls, list(sys.argv[1:] if argv is None else argv)))
     except UserError as e:
         print(redact(f"error: {e}"), file=sys.stderr)
         return 2

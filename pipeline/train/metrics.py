@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from pipeline.errors import ConfigError
+
 __all__ = [
     "MetricsConfig",
     "StepStats",
@@ -53,9 +55,9 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.log_every < 1:
-            raise ValueError(f"metrics.log_every={self.log_every}: must be >= 1")
+            raise ConfigError("log_every", self.log_every, "must be >= 1")
         if self.wandb_mode not in ("", "online", "offline", "disabled"):
-            raise ValueError(f"metrics.wandb_mode='{self.wandb_mode}': expected online, offline or disabled")
+            raise ConfigError("wandb_mode", self.wandb_mode, "expected online, offline or disabled")
 
 
 def peak_flops(device: torch.device, override_tflops: float = 0.0) -> float:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError
 
 __all__ = ["OptimConfig", "build_optimizer", "build_scheduler", "param_groups", "lr_factor", "clip_grad_norm"]
 
@@ -38,13 +38,14 @@ class OptimConfig:
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
-            raise UserError(f"optim.schedule={self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+            raise ConfigError("schedule", self.schedule, f"expected one of {', '.join(SCHEDULES)}")
         if self.lr <= 0:
-            raise UserError(f"optim.lr={self.lr}: must be > 0")
-        if self.warmup_steps < 0 or self.decay_steps < 0:
-            raise UserError("optim.warmup_steps / optim.decay_steps: must be >= 0")
+            raise ConfigError("lr", self.lr, "must be > 0")
+        for key in ("warmup_steps", "decay_steps"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, getattr(self, key), "must be >= 0")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise UserError(f"optim.min_lr_ratio={self.min_lr_ratio}: must be in [0, 1]")
+            raise ConfigError("min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
 
 
 def _no_decay(name: str, p: torch.Tensor) -> bool:

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = [
     "AC_MODES",
@@ -131,16 +131,15 @@ class FSDPConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in ("full", "hybrid"):
-            raise UserError(f"fsdp.mode={self.mode!r}: expected full or hybrid")
+            raise ConfigError("mode", self.mode, "expected full or hybrid")
         for key, value, allowed in (("activation_checkpointing", self.activation_checkpointing, AC_MODES),
                                     ("compile", self.compile, COMPILE_MODES),
                                     ("sdpa_backend", self.sdpa_backend, tuple(SDPA_BACKENDS))):
             if value not in allowed:
-                raise UserError(f"fsdp.{key}={value!r}: expected one of {', '.join(allowed)}")
-        if self.blocks_per_unit < 1:
-            raise UserError(f"fsdp.blocks_per_unit={self.blocks_per_unit}: must be >= 1")
-        if self.ac_every < 1:
-            raise UserError(f"fsdp.ac_every={self.ac_every}: must be >= 1")
+                raise ConfigError(key, value, f"expected one of {', '.join(allowed)}")
+        for key in ("blocks_per_unit", "ac_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(key, getattr(self, key), "must be >= 1")
 
 
 @dataclass(kw_only=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.faults.bad_config import CASES, closed_port, prepare_sandbox, run_case
-from pipeline.faults.core import FaultContext, run_scenario
+from tests.faults.suite.bad_config import CASES, closed_port, prepare_sandbox, run_case
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,7 @@ def test_table_is_large_enough():
     assert sum(c.subprocess for c in CASES) >= 3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=lambda c: c.name)
 def test_case_subprocess(case, sandbox):
     """The real process: exit status 2 and no traceback (not only what main() returns)."""
@@ -33,7 +34,7 @@ def test_case_subprocess(case, sandbox):
 
 def test_bad_config_quick_scenario(tmp_path, monkeypatch):
     """The scenario itself (what `make faults` runs), with the subprocess runs already covered above."""
-    import pipeline.faults.bad_config as bc
+    import tests.faults.suite.bad_config as bc
 
     monkeypatch.setattr(bc, "CASES", tuple(c for c in CASES if not c.subprocess)[:6])
     result = run_scenario("bad_config", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
@@ -43,7 +44,7 @@ def test_bad_config_quick_scenario(tmp_path, monkeypatch):
 
 def test_a_missing_check_is_caught(tmp_path):
     """The checks can fail: an input that is fine runs (exit 0, no error line, files written)."""
-    from pipeline.faults.bad_config import Case
+    from tests.faults.suite.bad_config import Case
 
     prepare_sandbox(str(tmp_path))
     fine = Case("valid_input", ("fixture", "out={sb}/fx", "datasets=[bridge_orig]", "episodes=1", "image_size=16",

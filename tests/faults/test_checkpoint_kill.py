@@ -3,12 +3,15 @@ and gs:// on the emulator), resume=auto; plus the save-fault hook and the partia
 
 from __future__ import annotations
 
+import logging
 import os
-from types import SimpleNamespace
 
-from pipeline.faults.core import FaultContext, run_scenario
+import pytest
+
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_checkpoint_write_kill_quick(tmp_path):
     result = run_scenario("checkpoint_write_kill", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)
@@ -19,30 +22,29 @@ def test_checkpoint_write_kill_quick(tmp_path):
         assert t["resumed_from_step"] == t["fault_step"] - 2 and t["fault_step_after_resume"] == "committed"
 
 
-def test_save_fault_hook_fires_once_before_the_original(tmp_path):
-    from pipeline.train.loop import install_save_fault
+def test_save_fault_hook_fires_once_in_its_step_phase_and_rank(tmp_path, caplog):
+    from pipeline.train.hooks import RunInfo
+    from tests.faults.suite.hooks import SaveFault
 
-    calls = []
-
-    class FakeCkpt:
-        def _finalize(self, step, url, staging):
-            calls.append((step, os.path.exists(tmp_path / f".save_fault_{step}")))
-
-    ckpt = FakeCkpt()
-    debug = SimpleNamespace(save_fault_step=4, save_fault="pause", save_fault_phase="before_commit",
-                            save_pause_s=0.0)
-    install_save_fault(ckpt, debug, run_dir=str(tmp_path))
-    ckpt._finalize(2, "u2", None)
-    ckpt._finalize(4, "u4", None)
-    ckpt._finalize(4, "u4", None)
-    assert calls == [(2, False), (4, True), (4, True)]
+    hook = SaveFault(step=4, fault="pause", phase="before_commit", pause_s=0.0)
+    hook.start(RunInfo(rank=0, world_size=2, run_dir=str(tmp_path)))
+    other_rank = SaveFault(step=4, fault="pause", phase="before_commit", pause_s=0.0, rank=1)
+    other_rank.start(RunInfo(rank=0, world_size=2, run_dir=str(tmp_path / "other")))
+    with caplog.at_level(logging.WARNING, logger="pipeline.train"):
+        hook.after_shards(4)  # another phase
+        hook.before_commit(2)  # another step
+        other_rank.before_commit(4)  # another rank
+        assert not list(tmp_path.iterdir())
+        hook.before_commit(4)
+        hook.before_commit(4)  # the marker exists: once per run dir
     assert (tmp_path / ".save_fault_4").read_text().strip() == str(os.getpid())
     assert not (tmp_path / ".save_fault_2").exists()
+    assert [r.getMessage() for r in caplog.records] == ["fault suite: pause in the save of step 4 (before_commit)"]
 
 
 def test_partial_state_and_find_latest_skip_uncommitted(tmp_path):
-    from pipeline.faults.checkpoint_kill import partial_state
     from pipeline.train.checkpoint import find_latest
+    from tests.faults.suite.checkpoint_kill import partial_state
 
     root = tmp_path / "ckpts"
     (root / "step_000002").mkdir(parents=True)

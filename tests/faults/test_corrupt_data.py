@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipeline.faults.core import FaultContext, run_scenario
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_corrupt_data_quick(tmp_path):
     result = run_scenario("corrupt_data", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)

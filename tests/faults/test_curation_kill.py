@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from pipeline.faults.core import FaultContext, run_scenario
+import pytest
+
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_curation_kill_quick(tmp_path):
     result = run_scenario("curation_kill", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)
@@ -15,7 +18,7 @@ def test_curation_kill_quick(tmp_path):
 
 def test_compare_outputs_sees_a_changed_shard_and_leftovers(tmp_path):
     from pipeline.data.manifest import CuratedDataset
-    from pipeline.faults.curation_kill import compare_outputs
+    from tests.faults.suite.curation_kill import compare_outputs
 
     for out in ("a", "b"):
         d = tmp_path / CuratedDataset(out, "bridge_orig").url

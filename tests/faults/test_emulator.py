@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipeline import fs
-from pipeline.faults.emulator_main import parse_related
+from tests.support.gcs_emulator_main import parse_related
 
 
 @pytest.mark.parametrize("data", [b"abc\r", b"\r", b"x\r\n", b"\n", b"", bytes(range(256)) * 20 + b"\r"])

@@ -6,9 +6,12 @@ from __future__ import annotations
 import collections
 import json
 
-from pipeline.faults.core import FaultContext, run_scenario
+import pytest
+
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_rank_kill_quick(tmp_path):
     result = run_scenario("rank_kill", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)
@@ -18,7 +21,7 @@ def test_rank_kill_quick(tmp_path):
 
 
 def test_account_counts_a_lost_and_a_repeated_sample():
-    from pipeline.faults.rank_kill import account
+    from tests.faults.suite.rank_kill import account
 
     a, b, c = ("bridge_orig", "ep0", 0), ("bridge_orig", "ep0", 1), ("fractal20220817_data", "ep3", 2)
     ref = {0: collections.Counter([a, b, c]), 1: collections.Counter([a])}
@@ -29,7 +32,7 @@ def test_account_counts_a_lost_and_a_repeated_sample():
 
 
 def test_surviving_history_keeps_the_last_record_of_each_step(tmp_path):
-    from pipeline.faults.rank_kill import epoch_multisets, surviving_history
+    from tests.faults.suite.rank_kill import epoch_multisets, surviving_history
 
     samples = tmp_path / "samples"
     samples.mkdir()
@@ -45,7 +48,7 @@ def test_surviving_history_keeps_the_last_record_of_each_step(tmp_path):
 
 
 def test_plan_check_flags_duplicates_and_short_epochs():
-    from pipeline.faults.rank_kill import plan_check
+    from tests.faults.suite.rank_kill import plan_check
 
     full = collections.Counter({("ds", "ep", f): 1 for f in range(8)})
     assert plan_check({0: full}, epoch_frames=9, global_batch=4, steps=2) == []

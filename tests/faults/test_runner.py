@@ -6,8 +6,8 @@ import json
 import sys
 import types
 
-from pipeline.faults import SCENARIOS, FaultContext, ScenarioResult, run_scenario
-from pipeline.faults.__main__ import main
+from tests.faults.suite import SCENARIOS, FaultContext, ScenarioResult, run_scenario
+from tests.faults.suite.__main__ import main
 
 
 def _install(monkeypatch, name: str, fn) -> None:

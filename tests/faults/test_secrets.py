@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 
-from pipeline.faults.core import FaultContext, run_scenario
-from pipeline.faults.secrets import plant
+import pytest
+
+from tests.faults.suite.core import FaultContext, run_scenario
+from tests.faults.suite.secrets import plant
 
 
+@pytest.mark.slow
 def test_secrets_quick(tmp_path):
     result = run_scenario("secrets", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)

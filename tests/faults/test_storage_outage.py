@@ -3,9 +3,12 @@ and during stream reads; retries must carry the work through, or fail clearly wi
 
 from __future__ import annotations
 
-from pipeline.faults.core import FaultContext, run_scenario
+import pytest
+
+from tests.faults.suite.core import FaultContext, run_scenario
 
 
+@pytest.mark.slow
 def test_storage_outage_quick(tmp_path):
     result = run_scenario("storage_outage", FaultContext(str(tmp_path), quick=True, log=lambda m: None))
     assert result.ok, (result.failures, result.details)

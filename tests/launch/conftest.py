@@ -13,8 +13,8 @@ from launch_helpers import SlurmCluster, train_list, vla
 def two_node_run(tmp_path_factory):
     """The local 2-node torchrun rehearsal (hybrid mesh, gloo), uninterrupted: run once per session."""
     run_dir = str(tmp_path_factory.mktemp("two_node") / "run")
-    proc = vla(["launch", "--config", "launch/configs/local_2node.yaml", f"run_dir={run_dir}",
-                train_list(["fsdp.mode=hybrid"])])
+    proc = vla(["launch", "--config", "launch/configs/local_2node.yaml", f"train.run_dir={run_dir}",
+                *train_list(["fsdp.mode=hybrid"])])
     return run_dir, proc
 
 

@@ -24,9 +24,9 @@ TINY_TRAIN = [
 ]
 
 
-def train_list(extra: list[str] | None = None) -> str:
-    """``train=[...]`` override for ``vla launch``."""
-    return "train=[" + ",".join(json.dumps(t) for t in TINY_TRAIN + (extra or [])) + "]"
+def train_list(extra: list[str] | None = None) -> list[str]:
+    """``train.<key>=<value>`` overrides for ``vla launch``."""
+    return [f"train.{t}" for t in TINY_TRAIN + (extra or [])]
 
 
 def vla(args: list[str], *, env: dict | None = None, timeout: float = 240) -> subprocess.CompletedProcess:

@@ -78,7 +78,7 @@ def test_entrypoint_round_trips_to_the_same_run():
     assert args[:2] == ["vla", "launch"]
     ray_cfg = load_config(LaunchConfig, args[2:])
     assert ray_cfg.backend == "ray" and ray_cfg.ray.use_gpu == "true"
-    for key in ("job_name", "nodes", "gpus_per_node", "run_dir", "mixture", "curated", "resume", "train"):
+    for key in ("job_name", "nodes", "gpus_per_node", "train"):  # train: run_dir, data, resume, every key
         assert getattr(ray_cfg, key) == getattr(cfg, key), key
     assert ray_cfg.ray.max_failures == cfg.ray.max_failures
 
@@ -110,7 +110,7 @@ def test_apply_with_kubectl(tmp_path, capsys):
                     "echo rayjob.ray.io/openvla-7b-64xa100 created\n")
     fake.chmod(0o755)
     run_dir = f"file://{tmp_path}/run"
-    cfg = _cfg(f"kuberay.kubectl={fake}", f"run_dir={run_dir}")
+    cfg = _cfg(f"kuberay.kubectl={fake}", f"train.run_dir={run_dir}")
     assert kuberay.run_kuberay(cfg) == 0
     assert seen.read_text() == kuberay.render_manifest(cfg)
     assert (tmp_path / "run" / "launch" / "rayjob.yaml").read_text() == seen.read_text()
@@ -119,7 +119,7 @@ def test_apply_with_kubectl(tmp_path, capsys):
 
 def test_missing_kubectl_is_user_error(tmp_path):
     with pytest.raises(UserError, match="kubectl"):
-        kuberay.run_kuberay(_cfg("kuberay.kubectl=/nonexistent/kubectl", f"run_dir=file://{tmp_path}/run"))
+        kuberay.run_kuberay(_cfg("kuberay.kubectl=/nonexistent/kubectl", f"train.run_dir=file://{tmp_path}/run"))
 
 
 def test_dry_run_prints_yaml(capsys):

@@ -19,8 +19,8 @@ def test_trainer_wiring(tmp_path):
 
     from launch.ray_train import build_trainer, train_loop
 
-    cfg = load_config(LaunchConfig, ["backend=ray", "nodes=2", "gpus_per_node=2", f"run_dir={tmp_path}",
-                                     "ray.use_gpu=false", "ray.max_failures=4", "train=[seed=5]"])
+    cfg = load_config(LaunchConfig, ["backend=ray", "nodes=2", "gpus_per_node=2", f"train.run_dir={tmp_path}",
+                                     "ray.use_gpu=false", "ray.max_failures=4", "train.seed=5"])
     trainer = build_trainer(cfg)
     assert isinstance(trainer, TorchTrainer)
     assert trainer.train_loop_per_worker is train_loop
@@ -36,7 +36,7 @@ def test_gs_storage_goes_through_fsspec(gcs_bucket):
 
     from launch.ray_train import _storage
 
-    cfg = load_config(LaunchConfig, ["backend=ray", f"run_dir={gcs_bucket}/run"])
+    cfg = load_config(LaunchConfig, ["backend=ray", f"train.run_dir={gcs_bucket}/run"])
     path, filesystem = _storage(cfg)
     assert path == f"{gcs_bucket[len('gs://'):]}/run/ray"
     assert isinstance(filesystem, pyarrow.fs.PyFileSystem)
@@ -64,9 +64,9 @@ def test_worker_crash_restarts_and_resumes_without_losing_steps(tmp_path, ray_tm
     ref_dir, ref_proc = two_node_run
     assert ref_proc.returncode == 0, ref_proc.stderr[-2000:]
     run_dir = str(tmp_path / "run")
-    proc = vla(["launch", "--config", "launch/configs/ray_local.yaml", f"run_dir={run_dir}", "nodes=1",
+    proc = vla(["launch", "--config", "launch/configs/ray_local.yaml", f"train.run_dir={run_dir}", "nodes=1",
                 "gpus_per_node=2", "ray.num_cpus=2", "ray.max_failures=2", "ray.use_gpu=false",
-                train_list(["fsdp.mode=hybrid", "debug.crash_at_step=3", "debug.crash_rank=1"])],
+                *train_list(["fsdp.mode=hybrid", "debug.crash_at_step=3", "debug.crash_rank=1"])],
                env=ray_tmp)
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-4000:]

@@ -21,8 +21,8 @@ from pipeline.errors import UserError
 
 def _cfg(tmp_path, *extra: str) -> LaunchConfig:
     return load_config(LaunchConfig, ["backend=slurm", "nodes=4", "gpus_per_node=8", "job_name=vla-test",
-                                      f"run_dir={tmp_path / 'run'}", "slurm.partition=a100",
-                                      "slurm.account=robotics", "train=[model.preset=tiny]", *extra])
+                                      f"train.run_dir={tmp_path / 'run'}", "slurm.partition=a100",
+                                      "slurm.account=robotics", "train.model.preset=small", *extra])
 
 
 def _node_task(script: str) -> str:
@@ -84,7 +84,7 @@ def test_rendezvous_signal_and_requeue_protocol(tmp_path):
     assert re.search(r"srun .*--ntasks-per-node=1 .*bash -c \"\$NODE_TASK\"", script)
     assert "--rdzv-backend c10d" in task and '--rdzv-endpoint "$RDZV_ENDPOINT"' in task
     assert '--nnodes "$SLURM_NNODES"' in task and '--rdzv-id "$SLURM_JOB_ID"' in task
-    assert f"-m pipeline.train.main run_dir={tmp_path / 'run'} resume=auto model.preset=tiny" in task
+    assert f"-m pipeline.train.main run_dir={tmp_path / 'run'} resume=auto model.preset=small" in task
     assert "trap 'on_signal SIGUSR1' USR1" in script and "trap 'on_signal SIGTERM' TERM" in script
     assert 'kill -USR1 "$SRUN_PID"' in script  # batch shell -> srun -> every node's task
     assert 'pkill -USR1 -P "$TORCHRUN_PID"' in task  # node task -> the trainer processes
@@ -115,7 +115,7 @@ def test_missing_sbatch_is_user_error(tmp_path):
 def test_dry_run_prints_script(tmp_path, capsys):
     from pipeline.cli import main
 
-    assert main(["launch", "backend=slurm", f"run_dir={tmp_path / 'run'}", "dry_run=true"]) == 0
+    assert main(["launch", "backend=slurm", f"train.run_dir={tmp_path / 'run'}", "dry_run=true"]) == 0
     assert capsys.readouterr().out.startswith("#!/bin/bash")
     assert not (tmp_path / "run").exists()
 
@@ -123,9 +123,9 @@ def test_dry_run_prints_script(tmp_path, capsys):
 # -------------------------------------------------------------------------- real local SLURM
 def _local_cfg(tmp_path, train: list[str], *extra: str, nodes: int = 1) -> LaunchConfig:
     return load_config(LaunchConfig, [
-        "backend=slurm", f"nodes={nodes}", "gpus_per_node=1", "job_name=vla-local", f"run_dir={tmp_path / 'run'}",
-        "slurm.use_gpus=false", "slurm.time='00:10:00'", f"slurm.python={sys.executable}",
-        "slurm.port=" + str(_port()), "train=[" + ",".join(train) + "]", *extra])
+        "backend=slurm", f"nodes={nodes}", "gpus_per_node=1", "job_name=vla-local",
+        f"train.run_dir={tmp_path / 'run'}", "slurm.use_gpus=false", "slurm.time='00:10:00'",
+        f"slurm.python={sys.executable}", "slurm.port=" + str(_port()), *[f"train.{t}" for t in train], *extra])
 
 
 def _port() -> int:
@@ -140,7 +140,7 @@ def _submit(cluster, cfg, monkeypatch) -> str:
     for key, value in cluster.env.items():
         monkeypatch.setenv(key, value)
     assert slurm.run_slurm(cfg) == 0
-    with open(os.path.join(cfg.run_dir, "launch", "slurm_job_id")) as f:
+    with open(os.path.join(cfg.train.run_dir, "launch", "slurm_job_id")) as f:
         return f.read().strip()
 
 

@@ -52,7 +52,7 @@ def test_static_rendezvous_uses_master_addr():
 def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
     from pipeline.cli import main
 
-    assert main(["launch", "nodes=2", f"run_dir={tmp_path / 'run'}", "dry_run=true"]) == 0
+    assert main(["launch", "nodes=2", f"train.run_dir={tmp_path / 'run'}", "dry_run=true"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and all("torch.distributed.run" in line for line in lines)
     assert not (tmp_path / "run").exists()

@@ -1,4 +1,4 @@
-"""save_model_dir / VLA.save_pretrained: the vla layout round trip (local and gs://), dtypes, shards,
+"""save_model_dir / load_pretrained_vla: the vla layout round trip (local and gs://), dtypes, shards,
 the model card, the refusal of an OpenVLA export whose vocabulary OpenVLA would decode wrongly."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pipeline import fs
 from pipeline.errors import UserError
 from pipeline.model.export_format import save_model_dir
 from pipeline.model.model_card import TrainingFacts
+from pipeline.model.pretrained import load_pretrained_vla
 from pipeline.model.text_tokenizer import load_text_tokenizer
-from pipeline.model.vla import VLA
 
 
 def _loss(model, batch):
@@ -23,11 +23,11 @@ def _loss(model, batch):
 def test_round_trip(where, tmp_path, request, tiny_model, tiny_batch, demo_tokenizer):
     url = str(tmp_path / "export") if where == "local" else request.getfixturevalue("gcs_bucket") + "/export"
     stats = {"demo": {"action": {"q01": [0.0] * 7}, "num_transitions": 5, "num_trajectories": 1}}
-    tiny_model.save_pretrained(url, tokenizer=demo_tokenizer, extra_json={"dataset_statistics.json": stats})
+    save_model_dir(tiny_model, url, tokenizer=demo_tokenizer, norm_stats=stats, dtype=None)
     names = {fs.basename(u) for u in fs.listdir(url)}
     assert {"config.json", "model.safetensors", "tokenizer.json", "dataset_statistics.json", "README.md"} <= names
-    assert fs.read_json(fs.join(url, "config.json"))["dtype"] == "float32"  # save_pretrained: as stored
-    loaded = VLA.from_pretrained(url)
+    assert fs.read_json(fs.join(url, "config.json"))["dtype"] == "float32"  # dtype=None: as stored
+    loaded = load_pretrained_vla(url).model
     assert loaded.config == tiny_model.config
     assert torch.equal(_loss(loaded, tiny_batch), _loss(tiny_model, tiny_batch))
     tok = load_text_tokenizer(url)
@@ -46,7 +46,7 @@ def test_bf16_shards_and_model_card(tmp_path, tiny_model, demo_tokenizer):
     assert len(files) > 2 and files[-1] == "model.safetensors.index.json"
     weight_map = fs.read_json(fs.join(out, "model.safetensors.index.json"))["weight_map"]
     assert set(weight_map) == set(tiny_model.state_dict())
-    loaded = VLA.from_pretrained(out)
+    loaded = load_pretrained_vla(out).model
     for name, t in loaded.state_dict().items():
         assert torch.equal(t, tiny_model.state_dict()[name].to(torch.bfloat16).float()), name
     card = fs.read_text(fs.join(out, "README.md"))
@@ -59,7 +59,7 @@ def test_bf16_shards_and_model_card(tmp_path, tiny_model, demo_tokenizer):
 
 def test_from_pretrained_missing(tmp_path):
     with pytest.raises(UserError, match="config.json"):
-        VLA.from_pretrained(str(tmp_path))
+        load_pretrained_vla(str(tmp_path))
 
 
 def test_openvla_export_refuses_a_vocab_openvla_decodes_wrongly(tmp_path, sp_tokenizer):

@@ -91,7 +91,7 @@ def test_preprocess_from_the_exports_training_config(tmp_path, one_torch_thread)
     url = export_tiny(str(tmp_path / "export"))
     assert VLAPolicy.from_pretrained(url).preprocess == ImagePreprocess(size=112, center_crop=False)
     cfg_path = fs.join(url, TRAIN_CONFIG_FILE)
-    fs.write_text(cfg_path, to_yaml(FinetuneConfig(base="base")))  # vla finetune: data.augment=true
+    fs.write_text(cfg_path, to_yaml(FinetuneConfig(base="base")))  # vla finetune: data.stream.augment=true
     policy = VLAPolicy.from_pretrained(url)
     assert policy.preprocess == ImagePreprocess(size=112, center_crop=True)
     data = _camera_jpeg(240, 320, seed=5)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipeline.errors import UserError
+from pipeline.model.export_format import save_model_dir
 from pipeline.model.inference import load_policy, unnormalize_action
 from pipeline.model.prompt import ActionPromptBuilder, collate
 
@@ -38,7 +39,7 @@ def test_overfit_and_predict(tmp_path, tiny_model, demo_tokenizer):
         opt.zero_grad()
     assert out.loss.item() < 0.05
     url = str(tmp_path / "export")
-    tiny_model.save_pretrained(url, tokenizer=demo_tokenizer, extra_json={"dataset_statistics.json": STATS})
+    save_model_dir(tiny_model, url, tokenizer=demo_tokenizer, norm_stats=STATS, dtype=None)
     policy = load_policy(url)
     normalized = policy.predict_action(image, "Open the drawer.", unnorm_key=None)
     expected_norm = policy.action_tokenizer.decode(policy.action_tokenizer.encode(action))

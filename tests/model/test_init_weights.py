@@ -11,7 +11,8 @@ from openvla_helpers import small_config
 
 from pipeline import fs
 from pipeline.errors import UserError
-from pipeline.model.init_weights import InitConfig, apply_init
+from pipeline.model.init_weights import apply_init
+from pipeline.model.presets import InitConfig
 from pipeline.model.vla import build_vla
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

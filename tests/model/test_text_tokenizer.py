@@ -7,12 +7,8 @@ import os
 import pytest
 
 from pipeline.errors import UserError
-from pipeline.model.text_tokenizer import (
-    build_demo_tokenizer,
-    load_text_tokenizer,
-    save_text_tokenizer,
-    sentencepiece_space_id,
-)
+from pipeline.model.prompt import sentencepiece_space_id
+from pipeline.model.text_tokenizer import build_demo_tokenizer, load_text_tokenizer, save_text_tokenizer
 from pipeline.model.tokenizer import ActionTokenizer
 
 

@@ -61,6 +61,7 @@ def test_bad_config(kwargs):
         ActionTokenizer(**kwargs)
 
 
+@pytest.mark.slow
 def test_model_package_never_imports_tensorflow():
     import subprocess
     import sys

@@ -55,7 +55,9 @@ def test_fixed_set_loss_and_accuracy_by_hand(setup):
     assert first["eval_samples"] == 2 * 4 and set(first["eval_dataset_accuracy"]) == {"bridge_orig", "taco_play"}
     # by hand: the validation stream's first two batches, cross-entropy summed over supervised tokens
     loss, tokens, correct, count, per = 0.0, 0, 0, 0, {}
-    with TrainingStream(ev.stream.cfg, rank=0, world_size=1, prompt_builder=builder, pad_id=tok.pad_token_id,
+    run = {"data_root": cfg.data.data_root, "batch_size": ev.stream.batch_size, "seed": ev.stream.seed,
+           "resolution": ev.stream.resolution}
+    with TrainingStream(ev.stream.cfg, **run, rank=0, world_size=1, prompt_builder=builder, pad_id=tok.pad_token_id,
                         mixture=Mixture(name="v", datasets={"bridge_orig": 1.0, "taco_play": 2.0})) as stream:
         model.eval()
         for _ in range(2):

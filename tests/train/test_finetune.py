@@ -3,7 +3,7 @@ NEW curated dataset (a made-up robot: its own instructions, colours and action s
 
 Checks: the target accuracy is reached with < 5% of the parameters trainable (the printed
 fraction), only adapters are optimized, the new dataset's statistics travel with checkpoints and
-the merged export, the merged export loads with plain ``VLA.from_pretrained`` and gives the LoRA
+the merged export, the merged export loads with plain ``load_pretrained_vla`` and gives the LoRA
 model's logits, ``predict_action(unnorm_key=new)`` returns the robot's actions, ``resume=auto`` is
 bit-identical, and a 2-rank FSDP2 run (torchrun) from a training-checkpoint base works.
 """
@@ -30,7 +30,7 @@ TASKS = [  # instruction, rgb colour, action in the robot's own units (metres / 
     ("release the cable", (0.9, 0.9, 0.2), [0.01, 0.03, -0.03, 0.0, -0.1, 0.1, 1.0]),
 ]
 SMALL = ["model.llm_num_layers=2", "model.vision_depth=1"]  # the base's architecture (fine-tuning takes it)
-FT = ["per_device_batch=8", "optim.lr=3e-3", "data.augment=false", "data.num_workers=0", "metrics.progress=false",
+FT = ["per_device_batch=8", "optim.lr=3e-3", "data.stream.augment=false", "data.stream.num_workers=0", "metrics.progress=false",
       "metrics.tensorboard=false", "seed=1"]
 
 
@@ -89,7 +89,7 @@ def data(tmp_path_factory) -> dict:
     mixture = root / "new_robot.yaml"
     mixture.write_text(f"name: new_robot\ndescription: the made-up robot\ndatasets:\n  {NEW}: 1.0\n")
     return {"args": [f"data.data_root={root / 'curated'}", f"data.mixture={mixture}",
-                     f"data.index_cache_dir={root / 'index'}"], "stats": stats}
+                     f"data.stream.index_cache_dir={root / 'index'}"], "stats": stats}
 
 
 def _cfg(args: list[str]):
@@ -118,9 +118,11 @@ def _lora_model_from_checkpoint(step_dir: str):
     return model.eval()
 
 
+@pytest.mark.slow
 def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data, tmp_path, capsys):
-    from pipeline.model import VLA, collate
+    from pipeline.model import collate
     from pipeline.model.inference import load_policy
+    from pipeline.model.pretrained import load_pretrained_vla
     from pipeline.train.finetune import run_finetune
 
     run_dir = str(tmp_path / "ft")
@@ -144,12 +146,12 @@ def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data
     optim_keys = [k for k in saved if k.startswith("app.optim.state.")]
     assert optim_keys and all(".lora_" in k for k in optim_keys)  # only the adapters are optimized
     ft = _lora_model_from_checkpoint(step_dir)
-    frozen_same = VLA.from_pretrained(base["export"]).llm.model.embed_tokens.weight
+    frozen_same = load_pretrained_vla(base["export"]).model.llm.model.embed_tokens.weight
     torch.testing.assert_close(ft.llm.model.embed_tokens.weight, frozen_same, rtol=0, atol=0)  # frozen
 
     export = os.path.join(run_dir, "export")  # lora.merge_on_export (default)
     assert f"merged LoRA export: {export}" in out
-    merged = VLA.from_pretrained(export).eval()
+    merged = load_pretrained_vla(export).model.eval()
     assert not any("lora" in k for k in merged.state_dict())
     policy = load_policy(export)
     samples = [policy.prompt_builder({"language_instruction": t, "action": [0.0] * 7,
@@ -167,7 +169,7 @@ def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data
 
     from pipeline.train.lora import merge_lora
 
-    adapted = PeftModel.from_pretrained(VLA.from_pretrained(base["export"]), os.path.join(run_dir, "adapter")).eval()
+    adapted = PeftModel.from_pretrained(load_pretrained_vla(base["export"]).model, os.path.join(run_dir, "adapter")).eval()
     with torch.no_grad():
         torch.testing.assert_close(adapted(*args, full_logits=True).logits, a, rtol=1e-5, atol=1e-5)
     # and the merged export holds exactly the merged weights, rounded to bf16
@@ -181,6 +183,7 @@ def test_lora_reaches_target_on_new_dataset_and_merged_export_matches(base, data
         np.testing.assert_allclose(got, action, atol=0.02)
 
 
+@pytest.mark.slow
 def test_resume_auto_is_bit_identical(base, data, tmp_path):
     from pipeline.train.finetune import finetune
 
@@ -196,6 +199,7 @@ def test_resume_auto_is_bit_identical(base, data, tmp_path):
     assert got[4] != got[5]
 
 
+@pytest.mark.slow
 def test_two_ranks_from_a_training_checkpoint(base, data, tmp_path):
     from pipeline.train.finetune import finetune
 
@@ -221,6 +225,7 @@ def test_two_ranks_from_a_training_checkpoint(base, data, tmp_path):
     assert set(stats) == {NEW} and not any("lora" in k for k in model.state_dict())
 
 
+@pytest.mark.slow
 def test_bad_base_and_target_are_one_line_errors(base, data, tmp_path, capsys):
     from pipeline.cli import main
     from pipeline.train.finetune import finetune
@@ -276,7 +281,7 @@ def test_bring_your_own_robot_reach_and_pick(base, tmp_path):
 
     paths = make_demo_robot_dataset(str(tmp_path / "data"), episodes=16, seed=0)
     cfg = _cfg([f"base={base['export']}", f"run_dir={tmp_path / 'ft'}", f"data.data_root={paths['curated']}",
-                f"data.mixture={paths['mixture']}", f"data.index_cache_dir={tmp_path / 'index'}",
+                f"data.mixture={paths['mixture']}", f"data.stream.index_cache_dir={tmp_path / 'index'}",
                 *FT, "per_device_batch=16", "lora.rank=8", "lora.projector=true", "stop.accuracy=0.95",
                 "stop.window=10", "stop.max_steps=500", "checkpoint.save_every=1000",
                 # every movement dim (rotations too) varies with the image: let the LR decay to settle

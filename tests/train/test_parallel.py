@@ -162,8 +162,13 @@ def test_grouped_units_share_one_fsdp_state(tokenizer, mesh):
 @pytest.mark.parametrize(("key", "value"), [("activation_checkpointing", "some"), ("compile", "yes"),
                                             ("sdpa_backend", "fast"), ("blocks_per_unit", 0), ("ac_every", 0)])
 def test_bad_fsdp_values_name_the_key(key, value):
-    with pytest.raises(UserError, match=f"fsdp.{key}="):
+    from pipeline.config import load_config
+    from pipeline.train.config import TrainConfig
+
+    with pytest.raises(UserError, match=f"^{key}="):  # the section alone names its own key
         FSDPConfig(**{key: value})
+    with pytest.raises(UserError, match=f"^fsdp.{key}="):  # the loader names the full key
+        load_config(TrainConfig, [f"fsdp.{key}={value}"])
 
 
 def test_vla_train_with_levers_gives_the_plain_losses(tmp_path):

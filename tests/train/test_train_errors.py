@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import pytest
 
@@ -93,6 +94,7 @@ def test_batch_not_divisible_by_world(tmp_path, capsys):
 @pytest.mark.parametrize("arg,fragment", [
     ("fsdp.mode=zero", "fsdp.mode"), ("fsdp.activation_checkpointing=some", "fsdp.activation_checkpointing"),
     ("data.batch_size=4", "per_device_batch"), ("optim.schedule=linear", "optim.schedule"),
+    ("model.llm_num_kv_heads=4", "model.llm_num_kv_heads=4: must divide llm_num_heads=6"),
     ("fsdp.mode=hybrid", None),
 ])
 def test_bad_config_values(tmp_path, capsys, arg, fragment):
@@ -120,3 +122,22 @@ def test_export_errors(tmp_path, capsys):
 def test_plot_without_metrics(tmp_path, capsys):
     code, err = _run(capsys, ["plot", f"run_dir={tmp_path}"])
     _assert_one_line_error(code, err, "no metrics.jsonl")
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["data.stream.buffer_bytes=10", "data.stream.prefetch_batches=0"], "data.stream.buffer_bytes=10: must be >= 1 MiB"),
+    (["data.stream.prefetch_batches=0"], "data.stream.prefetch_batches=0: must be >= 1"),
+    (["data.stream.io_threads=0"], "data.stream.io_threads=0: must be >= 1"),
+    (["data.buffer_bytes=10"], "data.buffer_bytes' (now data.stream.buffer_bytes)"),
+])
+def test_stream_values_checked_at_parse_time(tmp_path, capsys, args, fragment):
+    """The stream's own checks run when the config is parsed, before anything is built or written."""
+    from pipeline.config import load_config
+    from pipeline.errors import UserError
+    from pipeline.train.config import TrainConfig
+
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        load_config(TrainConfig, args)
+    code, err = _run(capsys, ["train", *SYN, f"run_dir={tmp_path / 'run'}", *args])
+    _assert_one_line_error(code, err, fragment)
+    assert not (tmp_path / "run").exists()

@@ -8,9 +8,11 @@ import os
 import subprocess
 import sys
 
+import pytest
 from train_helpers import ROOT, env
 
 
+@pytest.mark.slow
 def test_fsdp_full_and_hybrid_match_reference(tmp_path):
     out = tmp_path / "report.json"
     worker = os.path.join(os.path.dirname(__file__), "fsdp_worker.py")

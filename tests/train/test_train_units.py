@@ -30,17 +30,19 @@ def test_grad_accum_not_divisible(global_batch, per_device, world):
 
 
 def test_moving_average_stop_rule():
+    from pipeline.train.config import StopConfig
+
     avg = MovingAverage(3)
-    kw = dict(epoch=0.0, accuracy=0.9, max_steps=100, max_epochs=0.0)
+    stop = StopConfig(accuracy=0.9, max_steps=100, max_epochs=0.0)
     for step, acc in enumerate([1.0, 1.0], start=1):  # window not full yet: no stop
         avg.update(acc)
-        assert stop_reason(avg, step=step, **kw) is None
+        assert stop_reason(avg, stop, step=step, epoch=0.0) is None
     avg.update(0.7)  # mean 0.9 -> stop
-    assert avg.value == pytest.approx(0.9) and stop_reason(avg, step=3, **kw) == "accuracy"
+    assert avg.value == pytest.approx(0.9) and stop_reason(avg, stop, step=3, epoch=0.0) == "accuracy"
     avg.update(0.5)  # window slides: (1.0 + 0.7 + 0.5) / 3
-    assert avg.value == pytest.approx(2.2 / 3) and stop_reason(avg, step=4, **kw) is None
-    assert stop_reason(avg, step=100, **kw) == "max_steps"
-    assert stop_reason(avg, step=5, **dict(kw, epoch=2.0, max_epochs=2.0)) == "max_epochs"
+    assert avg.value == pytest.approx(2.2 / 3) and stop_reason(avg, stop, step=4, epoch=0.0) is None
+    assert stop_reason(avg, stop, step=100, epoch=0.0) == "max_steps"
+    assert stop_reason(avg, StopConfig(accuracy=0.9, max_steps=100, max_epochs=2.0), step=5, epoch=2.0) == "max_epochs"
     restored = MovingAverage(3)
     restored.load_state_dict(json.loads(json.dumps(avg.state_dict())))
     assert restored.value == avg.value and restored.full
@@ -63,7 +65,7 @@ def test_lr_schedules():
     opt.step()
     sched.step()
     assert opt.param_groups[0]["lr"] == pytest.approx(0.2)
-    with pytest.raises(UserError, match="optim.schedule"):
+    with pytest.raises(UserError, match="schedule='linear': expected one of"):
         OptimConfig(schedule="linear")
 
 

@@ -56,9 +56,9 @@ from typing import Any
 import numpy as np
 
 from pipeline import fs
-from pipeline.config import MISSING, helpfield
+from pipeline.config import helpfield
 from pipeline.data.io.errors import CorruptDataError
-from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash
+from pipeline.data.manifest import CuratedDataset, content_hash
 from pipeline.data.mixture.files import Mixture
 from pipeline.data.mixture.shares import epoch_draws
 from pipeline.data.schema import CAMERA_SLOTS
@@ -67,7 +67,7 @@ from pipeline.data.stream.decode_pool import DecodePool
 from pipeline.data.stream.normalize import normalize_bounds_q99
 from pipeline.data.stream.plan import EpochPlan, build_epoch_plan, rank_positions
 from pipeline.data.stream.source import CuratedSource, Episode, EpisodeSource
-from pipeline.errors import UserError
+from pipeline.errors import ConfigError, UserError
 
 __all__ = ["StreamConfig", "TrainingStream", "STATE_VERSION"]
 
@@ -78,10 +78,9 @@ STATE_VERSION = 3  # 2: hashes by manifest.content_hash; 3: shares by num_transi
 
 @dataclass(kw_only=True)
 class StreamConfig:
-    data_root: str = helpfield(MISSING, f"curated output root (local dir or gs://), holds <dataset>/{CURATED_VERSION}/")
-    batch_size: int = helpfield(32, "samples per rank per step (global batch = world_size * batch_size)")
-    seed: int = helpfield(0, "seed of the epoch plans and of the augmentation draws")
-    resolution: int = helpfield(224, "model image size (square), Lanczos resize")
+    """How the stream reads and decodes (where from, the run's batch size, seed and image size are
+    arguments of :class:`TrainingStream`). Checked here: a bad value is a ConfigError."""
+
     cameras: list[str] = helpfield(["primary"], "camera slots fed to the model; first = pixel_values")
     augment: bool = helpfield(False, "train-time image augmentation (crop 0.9, color jitter)")
     buffer_bytes: int = helpfield(512 * 2**20, "episode cache budget per rank in bytes (encoded images)")
@@ -92,17 +91,16 @@ class StreamConfig:
     index_cache_dir: str = helpfield("", "local cache of per-shard record indexes ('' = ~/.cache/vla-pipeline)")
 
     def __post_init__(self) -> None:
-        checks = [("batch_size", self.batch_size >= 1, ">= 1"), ("resolution", self.resolution >= 8, ">= 8"),
-                  ("buffer_bytes", self.buffer_bytes >= 2**20, ">= 1 MiB"),
+        checks = [("buffer_bytes", self.buffer_bytes >= 2**20, ">= 1 MiB"),
                   ("num_workers", self.num_workers >= 0, ">= 0"),
                   ("prefetch_batches", self.prefetch_batches >= 1, ">= 1"),
                   ("io_threads", self.io_threads >= 1, ">= 1")]
         for key, ok, need in checks:
             if not ok:
-                raise ValueError(f"stream.{key}={getattr(self, key)}: must be {need}")
+                raise ConfigError(key, getattr(self, key), f"must be {need}")
         bad = [c for c in self.cameras if c not in CAMERA_SLOTS]
         if bad or not self.cameras:
-            raise ValueError(f"stream.cameras={list(self.cameras)}: pick one or more of {list(CAMERA_SLOTS)}")
+            raise ConfigError("cameras", self.cameras, f"pick one or more of {list(CAMERA_SLOTS)}")
 
 
 # ------------------------------------------------------------------------------------------ stream
@@ -111,6 +109,10 @@ class TrainingStream:
 
     Args:
         cfg: :class:`StreamConfig`.
+        data_root: curated output root (local dir or gs://), holds ``<dataset>/<CURATED_VERSION>/``.
+        batch_size: samples per rank per step (global batch = world_size * batch_size).
+        seed: seed of the epoch plans and of the augmentation draws.
+        resolution: model image size (square), Lanczos resize.
         rank, world_size: this process's data-parallel rank and the number of ranks.
         prompt_builder: callable sample -> sample adding ``input_ids``/``labels`` (e.g.
             ``pipeline.model.prompt.ActionPromptBuilder``); reads ``language_instruction`` and the
@@ -118,19 +120,23 @@ class TrainingStream:
         pad_id: padding id for ``input_ids`` (default: the builder's ``text_tokenizer.pad_token_id``).
         mixture: the parsed :class:`~pipeline.data.mixture.files.Mixture` (weights, balance_by_size).
         sources: one :class:`EpisodeSource` per weighted dataset of the mixture, in its order
-            (default: a :class:`CuratedSource` of each under ``cfg.data_root``).
+            (default: a :class:`CuratedSource` of each under ``data_root``).
     """
 
-    def __init__(self, cfg: StreamConfig, *, rank: int, world_size: int, prompt_builder: Callable[[dict], dict],
-                 mixture: Mixture, pad_id: int | None = None, sources: Sequence[EpisodeSource] | None = None) -> None:
+    def __init__(self, cfg: StreamConfig, *, data_root: str, batch_size: int, seed: int, resolution: int, rank: int,
+                 world_size: int, prompt_builder: Callable[[dict], dict], mixture: Mixture, pad_id: int | None = None,
+                 sources: Sequence[EpisodeSource] | None = None) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"rank={rank}, world_size={world_size}: need 0 <= rank < world_size")
+        if batch_size < 1 or resolution < 8:
+            raise ValueError(f"batch_size={batch_size}, resolution={resolution}: need batch_size >= 1, resolution >= 8")
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.batch_size, self.seed, self.resolution = batch_size, seed, resolution
         self._builder = prompt_builder
         self._pad_id = pad_id if pad_id is not None else int(prompt_builder.text_tokenizer.pad_token_id)
         names = list(mixture.active())
         if sources is None:
-            sources = [CuratedSource(CuratedDataset(cfg.data_root, n), split=cfg.split,
+            sources = [CuratedSource(CuratedDataset(data_root, n), split=cfg.split,
                                      index_cache_dir=cfg.index_cache_dir) for n in names]
         self._sources = list(sources)
         self.dataset_names = [s.name for s in self._sources]
@@ -154,17 +160,16 @@ class TrainingStream:
                                        "counts": self.counts.tolist()})[:16]
         if self.epoch_length() < self.global_batch:
             raise UserError(f"mixture {mixture.name}: an epoch has {self.epoch_length()} frames, fewer than one "
-                            f"global batch ({world_size} x stream.batch_size={cfg.batch_size}); lower batch_size")
+                            f"global batch ({world_size} x batch_size={batch_size}); lower batch_size")
         self.epoch, self.position = 0, 0
         self.stats = {"corrupt_episodes": 0, "replaced_samples": 0, "bad_images": 0, "dropped_tail_samples": 0,
                       "peak_cache_bytes": 0,
                       "skipped_records": sum(len(getattr(s, "skipped_records", ())) for s in self._sources)}
         self._plan: EpochPlan | None = None
         self._gen: Iterator | None = None
-        res = cfg.resolution
         self._decoder = DecodePool(workers=cfg.num_workers, slots=cfg.prefetch_batches + 1,
-                                   batch_size=cfg.batch_size, cameras=len(cfg.cameras), size=(res, res),
-                                   augment=cfg.augment, seed=cfg.seed)
+                                   batch_size=batch_size, cameras=len(cfg.cameras), size=(resolution, resolution),
+                                   augment=cfg.augment, seed=seed)
         self._io = ThreadPoolExecutor(max_workers=cfg.io_threads, thread_name_prefix="stream-io")
         self._last_good: dict | None = None
         self._closed = False
@@ -178,14 +183,14 @@ class TrainingStream:
 
     @property
     def global_batch(self) -> int:
-        return self.world_size * self.cfg.batch_size
+        return self.world_size * self.batch_size
 
     def epoch_length(self) -> int:
         return int(self.counts.sum())
 
     def plan(self, epoch: int) -> EpochPlan:
         if self._plan is None or self._plan.epoch != epoch:
-            self._plan = build_epoch_plan([s.layout for s in self._sources], self.counts, seed=self.cfg.seed,
+            self._plan = build_epoch_plan([s.layout for s in self._sources], self.counts, seed=self.seed,
                                           epoch=epoch, windows=self.windows)
         return self._plan
 
@@ -234,7 +239,7 @@ class TrainingStream:
             epoch, position = epoch + 1, 0
 
     def _run_epoch(self, epoch: int, position: int) -> Iterator[tuple[dict, int, int]]:
-        plan, b, g = self.plan(epoch), self.cfg.batch_size, self.global_batch
+        plan, b, g = self.plan(epoch), self.batch_size, self.global_batch
         steps = (len(plan) - position) // g
         self.stats["dropped_tail_samples"] += max(0, len(plan) - position - steps * g)
         if steps <= 0:
@@ -324,13 +329,13 @@ class TrainingStream:
 
     # -- state ------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"version": STATE_VERSION, "seed": self.cfg.seed, "world_size": self.world_size, "rank": self.rank,
-                "batch_size": self.cfg.batch_size, "mixture_hash": self.mixture_hash, "plan_hash": self.plan_hash,
+        return {"version": STATE_VERSION, "seed": self.seed, "world_size": self.world_size, "rank": self.rank,
+                "batch_size": self.batch_size, "mixture_hash": self.mixture_hash, "plan_hash": self.plan_hash,
                 "epoch": self.epoch, "position": self.position}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume at ``state``'s (epoch, global position); world size and batch size may differ."""
-        expect = {"version": STATE_VERSION, "seed": self.cfg.seed, "mixture_hash": self.mixture_hash,
+        expect = {"version": STATE_VERSION, "seed": self.seed, "mixture_hash": self.mixture_hash,
                   "plan_hash": self.plan_hash}
         why = {"version": "saved by another stream version", "seed": "set stream.seed to the saved seed",
                "mixture_hash": "the mixture weights or the curated data (frames, statistics) changed",

@@ -130,6 +130,7 @@ def test_split_rule_by_hand():
     assert {r.role for r in roles["train"]} == {TRAIN} and roles["val"][0].role == VAL
 
 
+@pytest.mark.slow
 def test_output_layout_splits_stats_and_shuffle(curated, raw):
     import tensorflow_datasets as tfds
 
@@ -195,9 +196,10 @@ def test_stream_tokens_equal_by_hand(curated, raw):
     frames = {name: {_ids([e])[0]: e["steps"]["action"] for e in _episodes(curated, name)} for name in DATASETS}
     builder = ActionPromptBuilder(build_tokenizer(TrainConfig()))
     vocab = builder.action_tokenizer.base_vocab_size
-    cfg = StreamConfig(data_root=curated, batch_size=16, resolution=16, num_workers=0, buffer_bytes=2**20)
+    cfg = StreamConfig(num_workers=0, buffer_bytes=2**20)
     checked, differ = 0, 0
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=builder, mixture=load_mixture("demo")) as stream:
+    with TrainingStream(cfg, data_root=curated, batch_size=16, seed=0, resolution=16, rank=0, world_size=1,
+                        prompt_builder=builder, mixture=load_mixture("demo")) as stream:
         for _ in range(stream.epoch_length() // 16):
             batch = next(stream)
             for labels, (name, episode_id, frame) in zip(batch["labels"].numpy(), batch["meta"]):
@@ -229,8 +231,9 @@ def test_shares_weight_num_transitions_of_split_all(curated, raw, capsys):
     sized = [mixture.datasets[name] * n for name, n in zip(DATASETS, transitions)]
     frames = [CuratedDataset(curated, name).counts()[0] for name in DATASETS]
     assert all(t > n for t, n in zip(transitions, frames))
-    cfg = StreamConfig(data_root=curated, batch_size=4, resolution=16, num_workers=0, buffer_bytes=2**20)
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=lambda s: s, pad_id=0, mixture=mixture) as stream:
+    cfg = StreamConfig(num_workers=0, buffer_bytes=2**20)
+    with TrainingStream(cfg, data_root=curated, batch_size=4, seed=0, resolution=16, rank=0, world_size=1,
+                        prompt_builder=lambda s: s, pad_id=0, mixture=mixture) as stream:
         np.testing.assert_allclose(stream.shares, np.array(sized) / sum(sized), rtol=1e-12)
         assert stream.epoch_length() == sum(frames)
         counts = stream.counts.tolist()
@@ -240,6 +243,7 @@ def test_shares_weight_num_transitions_of_split_all(curated, raw, capsys):
     assert [r["num_transitions"] for r in report["datasets"]] == transitions
 
 
+@pytest.mark.slow
 def test_deterministic_seeded_and_reused(curated, raw, tmp_path, capsys):
     from pipeline import cli
 
@@ -330,6 +334,7 @@ def _make_faulty(raw: str, root: str) -> None:
         f.write(bytes([byte[0] ^ 0xFF]))
 
 
+@pytest.mark.slow
 def test_quarantine_counts_every_reason(ray_session, raw, tmp_path):
     root = str(tmp_path / "faulty")
     _make_faulty(raw, root)
@@ -367,6 +372,7 @@ def test_user_errors_before_any_work(raw, tmp_path):
     assert not os.path.exists(out)
 
 
+@pytest.mark.slow
 def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
     filesystem, _ = fs.get_fs(gcs_bucket)
     src = fs.join(gcs_bucket, "raw")
@@ -385,8 +391,8 @@ def test_gcs_source_and_output(ray_session, raw, curated, gcs_bucket):
 
 @pytest.mark.slow
 def test_kill_and_rerun_matches_uninterrupted(ray_session, raw, curated, tmp_path):
-    """Killed while the 2nd dataset is mapping (more kill points: pipeline/faults/curation_kill.py)."""
-    from pipeline.faults.curation_kill import compare_outputs, kill_when, partial_files, start_curate
+    """Killed while the 2nd dataset is mapping (more kill points: tests/faults/suite/curation_kill.py)."""
+    from tests.faults.suite.curation_kill import compare_outputs, kill_when, partial_files, start_curate
 
     out = str(tmp_path / "killed")
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")

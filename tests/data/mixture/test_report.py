@@ -78,10 +78,9 @@ def test_report_draws_equal_a_stream_epoch(tmp_path, capsys, balance, expect):
     # training frames it would be 30 : 32.3 -> 24, 25); not balanced: 1 : 1.7 -> 18.15, 30.85 -> 18, 31
     assert report["epoch_draws"] == 49 and draws == dict(zip(draws, [*expect, 0]))
 
-    cfg = StreamConfig(data_root=root, batch_size=7, num_workers=0, resolution=8, buffer_bytes=2**20,
-                       index_cache_dir=str(tmp_path / "index"))
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_builder, pad_id=0,
-                        mixture=load_mixture(str(path))) as stream:
+    cfg = StreamConfig(num_workers=0, buffer_bytes=2**20, index_cache_dir=str(tmp_path / "index"))
+    with TrainingStream(cfg, data_root=root, batch_size=7, seed=0, resolution=8, rank=0, world_size=1,
+                        prompt_builder=_builder, pad_id=0, mixture=load_mixture(str(path))) as stream:
         assert stream.epoch_length() == 49
         seen = Counter(m[0] for _ in range(49 // 7) for m in next(stream)["meta"])
         state = stream.state_dict()

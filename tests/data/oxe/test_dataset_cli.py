@@ -143,6 +143,7 @@ def test_infer_from_builder_dir(tmp_path, raw_root):
     assert entry["splits"] == {"train": 6} and entry["features"]["steps"]["observation"]["cam_hand"].startswith("Image")
 
 
+@pytest.mark.slow
 def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_session):
     assert _register(capsys, raw_root, registry)[0] == 0
     mixture = tmp_path / "mix.yaml"
@@ -186,6 +187,7 @@ def test_curate_registered_dataset(capsys, raw_root, registry, tmp_path, ray_ses
     assert code == 0 and CuratedDataset(out, ROBOT).read_manifest()["proprio_dim"] == 7, err
 
 
+@pytest.mark.slow
 def test_make_demo_robot_dataset(tmp_path, ray_session):
     from pipeline.data.fixtures.byod import make_demo_robot_dataset
 

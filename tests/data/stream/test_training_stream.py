@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -45,15 +46,33 @@ def data_root(tmp_path_factory):
     return root
 
 
-def _cfg(root: str, tmp: str, **kw) -> StreamConfig:
-    base = dict(data_root=root, batch_size=2, num_workers=0, resolution=8,
-                index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20, seed=5)
+@dataclass
+class _Run:
+    """A stream's config plus the run values TrainingStream takes as arguments."""
+
+    cfg: StreamConfig
+    data_root: str
+    batch_size: int
+    seed: int
+    resolution: int = 8
+
+    @property
+    def index_cache_dir(self) -> str:
+        return self.cfg.index_cache_dir
+
+    def args(self) -> dict:
+        return dict(data_root=self.data_root, batch_size=self.batch_size, seed=self.seed, resolution=self.resolution)
+
+
+def _cfg(root: str, tmp: str, batch_size: int = 2, seed: int = 5, **kw) -> _Run:
+    base = dict(num_workers=0, index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20)
     base.update(kw)
-    return StreamConfig(**base)
+    return _Run(StreamConfig(**base), root, batch_size, seed)
 
 
-def _stream(cfg: StreamConfig, rank: int = 0, world: int = 1, mixture: Mixture = MIX) -> TrainingStream:
-    return TrainingStream(cfg, rank=rank, world_size=world, prompt_builder=StubBuilder(), pad_id=0, mixture=mixture)
+def _stream(cfg: _Run, rank: int = 0, world: int = 1, mixture: Mixture = MIX) -> TrainingStream:
+    return TrainingStream(cfg.cfg, **cfg.args(), rank=rank, world_size=world, prompt_builder=StubBuilder(), pad_id=0,
+                          mixture=mixture)
 
 
 def _all_frames() -> set:
@@ -327,8 +346,8 @@ def test_tight_buffer_shrinks_window_but_keeps_coverage(data_root, tmp_path):
     sources = [CuratedSource(CuratedDataset(data_root, n), index_cache_dir=cfg.index_cache_dir) for n in LENGTHS]
     for src in sources:  # pretend episodes are huge: the 1 MiB budget then allows a window of 1 episode
         src.episode_bytes = src.episode_bytes * 10**6
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=StubBuilder(), pad_id=0, mixture=MIX,
-                        sources=sources) as tight, _stream(cfg) as loose:
+    with TrainingStream(cfg.cfg, **cfg.args(), rank=0, world_size=1, prompt_builder=StubBuilder(), pad_id=0,
+                        mixture=MIX, sources=sources) as tight, _stream(cfg) as loose:
         assert tight.windows == [1, 1] and min(loose.windows) > 10
         tight_metas = [b["meta"] for b in _take(tight, 12)]
         loose_metas = [b["meta"] for b in _take(loose, 12)]
@@ -357,9 +376,10 @@ def test_manifest_index_skips_the_scan(data_root, tmp_path):
 
 def test_config_checks():
     with pytest.raises(ValueError, match="batch_size"):
-        StreamConfig(data_root="x", batch_size=0)
+        TrainingStream(StreamConfig(), data_root="x", mixture=MIX, batch_size=0, seed=0, resolution=8, rank=0,
+                       world_size=1, prompt_builder=StubBuilder(), pad_id=0)
     with pytest.raises(ValueError, match="cameras"):
-        StreamConfig(data_root="x", cameras=["top"])
+        StreamConfig(cameras=["top"])
 
 
 def test_real_prompt_builder_and_extra_camera(data_root, tmp_path):
@@ -368,7 +388,7 @@ def test_real_prompt_builder_and_extra_camera(data_root, tmp_path):
 
     builder = ActionPromptBuilder(build_demo_tokenizer(["pick up the red block"]))
     cfg = _cfg(data_root, str(tmp_path), cameras=["primary", "wrist"])
-    with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=builder, mixture=MIX) as s:
+    with TrainingStream(cfg.cfg, **cfg.args(), rank=0, world_size=1, prompt_builder=builder, mixture=MIX) as s:
         batch = next(s)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["labels"] != -100).sum(1).tolist() == [8, 8]  # 7 action tokens + </s>

@@ -2,8 +2,8 @@
 
 Real training processes (tiny model, CPU, synthetic data; full mode: torchrun with 2 ranks, quick
 mode: 1 rank to fit the ``make test`` budget), checkpoints every 2 steps, ``keep_last=2``, to a
-local dir or to ``gs://`` on a local GCS emulator. The fault (``debug.save_fault_*``, installed by
-``pipeline.train.loop.install_save_fault``) fires once inside the save of step ``k``:
+local dir or to ``gs://`` on a local GCS emulator. The fault (:class:`tests.faults.suite.hooks.SaveFault`,
+installed through ``debug.hooks``: the training loop's hook points) fires once inside the save of step ``k``:
 
 - ``kill``: the rank SIGKILLs itself (deterministic phase);
 - ``external``: the rank pauses in the same place and the scenario sends ``kill -9`` from outside
@@ -30,8 +30,9 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from pipeline.faults.core import FaultContext, ScenarioResult
-from pipeline.faults.rank_kill import (
+from tests.faults.suite.core import FaultContext, ScenarioResult
+from tests.faults.suite.hooks import marker_path, save_fault_args
+from tests.faults.suite.rank_kill import (
     compare_losses,
     finish,
     launch,
@@ -82,7 +83,7 @@ def _read(path: str) -> str:
 
 
 def run(ctx: FaultContext) -> ScenarioResult:
-    from pipeline.faults.emulator import BUCKET, GcsEmulator
+    from tests.support.gcs_emulator import BUCKET, GcsEmulator
 
     result = ScenarioResult(scenario="checkpoint_write_kill")
     nproc, max_steps = (1, 6) if ctx.quick else (2, 8)
@@ -149,11 +150,10 @@ def _trial(ctx: FaultContext, i: int, storage: str, how: str, phase: str, step: 
     info: dict = {"trial": i, "storage": storage, "kill": how, "phase": phase, "fault_step": step,
                   "victim_rank": victim, "problems": []}
     problems = info["problems"]
-    args = args_for(run_dir, [f"checkpoint.dir={root}", f"checkpoint.staging_dir={staging}",
-                              f"debug.save_fault_step={step}", f"debug.crash_rank={victim}",
-                              f"debug.save_fault={'kill' if how == 'kill' else 'pause'}",
-                              f"debug.save_fault_phase={phase}", "debug.save_pause_s=120"])
-    marker = os.path.join(run_dir, f".save_fault_{step}")
+    fault = save_fault_args(step=step, fault="kill" if how == "kill" else "pause", phase=phase, pause_s=120,
+                            rank=victim)
+    args = args_for(run_dir, [f"checkpoint.dir={root}", f"checkpoint.staging_dir={staging}", *fault])
+    marker = marker_path(run_dir, step)
     proc = launch(args, log_path, nproc=nproc, env=env)
     try:
         wait_for(lambda: _read(marker).endswith("\n"),

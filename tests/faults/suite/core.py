@@ -12,17 +12,20 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["SCENARIOS", "FaultContext", "ScenarioResult", "run_scenario", "patched_env", "WarningLines"]
+__all__ = ["SCENARIOS", "REPO_ROOT", "FaultContext", "ScenarioResult", "run_scenario", "patched_env", "WarningLines"]
+
+# the checkout: subprocesses run from here with it on PYTHONPATH (they import tests.faults.suite.hooks)
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 # name -> "module:function"; the function takes a FaultContext and returns a ScenarioResult.
 SCENARIOS: dict[str, str] = {
-    "rank_kill": "pipeline.faults.rank_kill:run",
-    "checkpoint_write_kill": "pipeline.faults.checkpoint_kill:run",
-    "curation_kill": "pipeline.faults.curation_kill:run",
-    "corrupt_data": "pipeline.faults.corrupt_data:run",
-    "bad_config": "pipeline.faults.bad_config:run",
-    "storage_outage": "pipeline.faults.storage_outage:run",
-    "secrets": "pipeline.faults.secrets:run",
+    "rank_kill": "tests.faults.suite.rank_kill:run",
+    "checkpoint_write_kill": "tests.faults.suite.checkpoint_kill:run",
+    "curation_kill": "tests.faults.suite.curation_kill:run",
+    "corrupt_data": "tests.faults.suite.corrupt_data:run",
+    "bad_config": "tests.faults.suite.bad_config:run",
+    "storage_outage": "tests.faults.suite.storage_outage:run",
+    "secrets": "tests.faults.suite.secrets:run",
 }
 
 

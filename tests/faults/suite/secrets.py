@@ -34,9 +34,8 @@ import sys
 import time
 from typing import Any
 
-from pipeline.faults.core import FaultContext, ScenarioResult, patched_env
+from tests.faults.suite.core import REPO_ROOT, FaultContext, ScenarioResult, patched_env
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _TRAIN = ["data.source=synthetic", "per_device_batch=2", "metrics.progress=false", "metrics.tensorboard=true",
           "metrics.wandb=true", "metrics.wandb_mode=offline",
           "stop.accuracy=2.0", "model.llm_num_layers=1", "model.vision_depth=1", "stop.max_steps=1",
@@ -105,12 +104,12 @@ def _scan_remote(url: str, needles: dict[str, str]) -> tuple[list[str], int]:
 def _child_env(extra: dict[str, str]) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3", **extra)
     return env
 
 
 def _vla(args: list[str], env: dict[str, str], timeout: int = 240) -> tuple[int, str]:
-    p = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=_child_env(env), cwd=_ROOT,
+    p = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=_child_env(env), cwd=REPO_ROOT,
                        capture_output=True, text=True, timeout=timeout)
     return p.returncode, p.stdout + p.stderr
 
@@ -150,7 +149,7 @@ def _error_paths(workdir: str, env: dict[str, str], needles: dict[str, str], url
 
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline import fs
-    from pipeline.faults.emulator import GcsEmulator
+    from tests.support.gcs_emulator import GcsEmulator
 
     result = ScenarioResult(scenario="secrets")
     env, needles = plant(ctx.workdir)

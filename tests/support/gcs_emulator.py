@@ -6,6 +6,7 @@ simulates a storage outage.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ import urllib.request
 __all__ = ["GcsEmulator", "BUCKET"]
 
 BUCKET = "test-bucket"
+_MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_main.py")  # run as a script
 
 
 def _free_port() -> int:
@@ -36,8 +38,8 @@ class GcsEmulator:
 
     def start(self) -> None:
         # through our launcher: the stock emulator drops a trailing 0x0d byte of uploads
-        cmd = [sys.executable, "-m", "pipeline.faults.emulator_main", "-d", self.data_dir, "start", "--host", "127.0.0.1",
-               "--port", str(self.port), "--default-bucket", BUCKET]
+        cmd = [sys.executable, _MAIN, "-d", self.data_dir, "start", "--host", "127.0.0.1", "--port", str(self.port),
+               "--default-bucket", BUCKET]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 30
         while time.time() < deadline:

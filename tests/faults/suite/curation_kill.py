@@ -33,7 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from tests.faults.suite.core import FaultContext, ScenarioResult
 
 __all__ = ["DATASETS", "KILL_POINTS", "run", "make_sources", "curate_args", "start_curate", "kill_when",
            "snapshot", "compare_outputs", "partial_files", "ray_session"]

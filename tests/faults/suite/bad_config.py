@@ -22,7 +22,7 @@ import traceback
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from tests.faults.suite.core import REPO_ROOT, FaultContext, ScenarioResult
 
 __all__ = ["Case", "CASES", "prepare_sandbox", "run_case", "run"]
 
@@ -85,7 +85,10 @@ CASES: tuple[Case, ...] = (
     Case("resume_not_a_checkpoint", _train("resume={sb}/no_such_ckpt"), "not a committed checkpoint"),
     Case("resume_bad_scheme", _train("resume=nosuch://ckpt/step_000001"), "resume=nosuch://ckpt/step_000001"),
     Case("bad_enum", _train("fsdp.mode=bogus"), "fsdp.mode='bogus'"),
-    Case("bad_camera_slot", _train("data.cameras=[top]"), "cameras"),
+    Case("bad_camera_slot", _train("data.stream.cameras=[top]"), "cameras"),
+    Case("stream_values_at_parse_time", _train("data.stream.buffer_bytes=10", "data.stream.prefetch_batches=0"),
+         "data.stream.buffer_bytes=10: must be >= 1 MiB"),
+    Case("moved_key", _train("data.num_workers=2"), "unknown config key 'data.num_workers' (now data.stream.num_workers)"),
     Case("max_steps_zero", ("train", "run_dir={sb}/run", *SYN, "stop.max_steps=0"), "stop.max_steps=0"),
     Case("not_key_value", _train("per_device_batch"), "unexpected argument 'per_device_batch'"),
     Case("config_flag_without_file", ("train", "--config"), "--config needs a file name"),
@@ -164,8 +167,8 @@ def _in_process(args: list[str], env: dict[str, str], sandbox: str) -> tuple[obj
 
 
 def _subprocess(args: list[str], env: dict[str, str], sandbox: str, timeout: float = 120.0) -> tuple[object, str]:
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    full_env = {**os.environ, **env,
+                "PYTHONPATH": os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get("PYTHONPATH")]))}
     try:
         p = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=sandbox, env=full_env,
                            capture_output=True, text=True, timeout=timeout)

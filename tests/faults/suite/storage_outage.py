@@ -15,7 +15,7 @@ Trials (a real gcp-storage-emulator process, stopped and restarted on the same p
 - ``stream_budget``: the outage outlasts the budget while streaming. Pass: next() raises
   StorageUnavailable (the episode is not silently skipped or replaced).
 - full mode also: ``train_upload`` / ``train_upload_budget``: a real ``vla train`` subprocess saving to
-  gs://, the emulator stopped while step 2's save pauses after its DCP shards (debug.save_fault=pause),
+  gs://, the emulator stopped while step 2's save pauses after its DCP shards (hooks.SaveFault, pause),
   so the upload runs into the outage. Pass: exit 0 and step 2 committed with its files / exit 2 with
   one ``error:`` line naming the URL and the attempts, step 2 without COMMIT, step 1 committed.
 """
@@ -31,7 +31,8 @@ from collections import Counter
 from contextlib import contextmanager
 from typing import Any
 
-from pipeline.faults.core import FaultContext, ScenarioResult, WarningLines, patched_env
+from tests.faults.suite.core import REPO_ROOT, FaultContext, ScenarioResult, WarningLines, patched_env
+from tests.faults.suite.hooks import save_fault_args
 
 BUCKET_PREFIX = "gs://test-bucket/storage-outage"
 _ENV_KEYS = ("STORAGE_EMULATOR_HOST", "VLA_STORAGE_RETRY_MAX_S", "VLA_STORAGE_RETRIES", "VLA_STORAGE_RETRY_BASE_S",
@@ -116,25 +117,26 @@ def _file_sizes(url: str) -> dict[str, int]:
 
 @contextmanager
 def _outage_at_upload_file(emu: Any, k: int, seconds: float | None, marker: str):
-    """Patch fs.write_bytes so the emulator stops right before the k-th gs:// write under ``marker``."""
+    """Wrap fs.copy_file (what a checkpoint upload calls per file) so the emulator stops right before
+    the k-th file copied to a gs:// URL under ``marker``."""
     from pipeline import fs
 
-    real = fs.write_bytes
+    real = fs.copy_file
     outage = _Outage(emu, seconds)
     count = {"n": 0}
 
-    def write_bytes(url: str, data: bytes) -> None:
-        if str(url).startswith("gs://") and marker in str(url):
+    def copy_file(src: str, dst: str) -> None:
+        if str(dst).startswith("gs://") and marker in str(dst):
             count["n"] += 1
             if count["n"] == k:
                 outage.begin()
-        real(url, data)
+        real(src, dst)
 
-    fs.write_bytes = write_bytes
+    fs.copy_file = copy_file
     try:
         yield outage, count
     finally:
-        fs.write_bytes = real
+        fs.copy_file = real
 
 
 def _upload_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, root: str, *, step: int, k: int,
@@ -241,11 +243,11 @@ def _stream(root: str, tmp: str, batch: int):
     from pipeline.data.mixture.files import Mixture
     from pipeline.data.stream.training_stream import StreamConfig, TrainingStream
 
-    cfg = StreamConfig(data_root=root, batch_size=batch, num_workers=0, resolution=8,
-                       index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20, prefetch_batches=1,
-                       io_threads=2, seed=3)
+    cfg = StreamConfig(num_workers=0, index_cache_dir=os.path.join(tmp, "index"), buffer_bytes=2**20,
+                       prefetch_batches=1, io_threads=2)
     mix = Mixture(name="outage", datasets={"bridge_orig": 1.0}, balance_by_size=True)
-    return TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_prompt_builder, pad_id=0, mixture=mix)
+    return TrainingStream(cfg, data_root=root, mixture=mix, batch_size=batch, seed=3, resolution=8, rank=0,
+                          world_size=1, prompt_builder=_prompt_builder, pad_id=0)
 
 
 def _stream_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, root: str, lengths: list[int], *,
@@ -305,13 +307,12 @@ def _stream_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, root: str
 # -- a real `vla train` run (full mode) -------------------------------------------------------------
 _TRAIN = ["data.source=synthetic", "per_device_batch=2", "metrics.progress=false", "metrics.tensorboard=false",
           "stop.accuracy=2.0", "model.llm_num_layers=1", "model.vision_depth=1", "stop.max_steps=2",
-          "checkpoint.save_every=1", "debug.save_fault_step=2", "debug.save_fault=pause",
-          "debug.save_fault_phase=after_shards", "debug.save_pause_s=1"]
+          "checkpoint.save_every=1", *save_fault_args(step=2, fault="pause", phase="after_shards", pause_s=1)]
 
 
 def _train_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, *, outage_s: float | None, name: str) -> None:
     """`vla train` saving to gs://; the emulator is stopped while step 2's save pauses after its DCP
-    shards (debug.save_fault=pause), so the upload that follows runs into the outage."""
+    shards (SaveFault, fault=pause), so the upload that follows runs into the outage."""
     import subprocess
     import sys
 
@@ -323,7 +324,7 @@ def _train_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, *, outage_
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                             "MASTER_PORT", "TORCHELASTIC_RUN_ID")}
     env.update(OMP_NUM_THREADS="1", TF_CPP_MIN_LOG_LEVEL="3", STORAGE_EMULATOR_HOST=emu.host,
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+               PYTHONPATH=REPO_ROOT)
     if outage_s is None:
         env["VLA_STORAGE_RETRY_MAX_S"] = _budget(ctx)
     cmd = [sys.executable, "-m", "pipeline.cli", "train", *_TRAIN, f"run_dir={run_dir}", f"checkpoint.dir={root}"]
@@ -377,7 +378,7 @@ def _train_trial(ctx: FaultContext, emu: Any, result: ScenarioResult, *, outage_
 def run(ctx: FaultContext) -> ScenarioResult:
     from pipeline import fs
     from pipeline.data.fixtures.curated import write_curated_dataset
-    from pipeline.faults.emulator import GcsEmulator
+    from tests.support.gcs_emulator import GcsEmulator
 
     result = ScenarioResult(scenario="storage_outage")
     emu = GcsEmulator()

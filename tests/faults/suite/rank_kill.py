@@ -41,12 +41,11 @@ import sys
 import time
 from collections.abc import Iterable
 
-from pipeline.faults.core import FaultContext, ScenarioResult
+from tests.faults.suite.core import REPO_ROOT, FaultContext, ScenarioResult
 
 __all__ = ["run", "workdir_dir", "prepare_data", "train_args", "launch", "rank_pids", "wait_for", "losses",
            "surviving_history", "epoch_multisets", "account", "plan_check", "compare_losses"]
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATASETS = ("bridge_orig", "fractal20220817_data")
 WORLD = 2
 BATCH = 2  # per rank: a global batch of 4
@@ -63,13 +62,13 @@ def workdir_dir(ctx: FaultContext, name: str) -> str:
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL="3", **(extra or {}))
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=REPO_ROOT, TF_CPP_MIN_LOG_LEVEL="3", **(extra or {}))
     return env
 
 
 def _cli(args: list[str], log_path: str, timeout: float = 300) -> None:
     with open(log_path, "a") as log:
-        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=child_env(), cwd=ROOT,
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], env=child_env(), cwd=REPO_ROOT,
                               stdout=log, stderr=subprocess.STDOUT, timeout=timeout)
     if proc.returncode:
         raise RuntimeError(f"`vla {' '.join(args[:1])}` failed (exit {proc.returncode}); see {log_path}")
@@ -106,8 +105,8 @@ def train_args(run_dir: str, *, max_steps: int, save_every: int, data: tuple[str
                extra: Iterable[str] = ()) -> list[str]:
     """A tiny deterministic CPU run; ``data`` = (curated root, mixture) or None for synthetic data."""
     src = ["data.source=synthetic"] if data is None else [
-        f"data.data_root={data[0]}", f"data.mixture={data[1]}", "data.num_workers=0", "data.io_threads=1",
-        f"data.index_cache_dir={os.path.join(os.path.dirname(data[0]), 'index_cache')}"]
+        f"data.data_root={data[0]}", f"data.mixture={data[1]}", "data.stream.num_workers=0", "data.stream.io_threads=1",
+        f"data.stream.index_cache_dir={os.path.join(os.path.dirname(data[0]), 'index_cache')}"]
     return [*src, f"run_dir={run_dir}", f"per_device_batch={BATCH}", "optim.lr=1e-3", "metrics.progress=false",
             "metrics.tensorboard=false", "stop.accuracy=2.0", "model.llm_num_layers=1", "model.vision_depth=1",
             f"stop.max_steps={max_steps}", f"checkpoint.save_every={save_every}", "checkpoint.keep_last=2",
@@ -125,7 +124,7 @@ def launch(args: list[str], log_path: str, *, nproc: int = WORLD, env: dict[str,
     log.write(f"$ {' '.join(cmd)}\n")
     log.flush()
     try:
-        return subprocess.Popen(cmd, env=child_env(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        return subprocess.Popen(cmd, env=child_env(env), cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     finally:
         log.close()

@@ -1,4 +1,4 @@
-"""``python -m pipeline.faults.emulator_main ARGS``: gcp-storage-emulator with byte-exact uploads.
+"""``python tests/support/gcs_emulator_main.py ARGS``: gcp-storage-emulator with byte-exact uploads.
 
 The emulator parses gcsfs's ``multipart/related`` uploads with the stdlib email parser, which
 treats a ``\\r`` at the end of the file as part of the line break before the closing boundary and

@@ -26,7 +26,7 @@ import shutil
 
 import numpy as np
 
-from pipeline.faults.core import FaultContext, ScenarioResult, WarningLines
+from tests.faults.suite.core import FaultContext, ScenarioResult, WarningLines
 
 __all__ = ["DATASET", "SOURCE_FAULTS", "STREAM_FAULTS", "run", "make_faulty_source", "corrupt_curated"]
 
@@ -143,7 +143,7 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
     from pipeline.data.curate.job import CurateConfig, curate
     from pipeline.data.io.builder import open_builder
     from pipeline.data.manifest import CuratedDataset
-    from pipeline.faults.curation_kill import ray_session
+    from tests.faults.suite.curation_kill import ray_session
 
     faulty = ctx.path("faulty")
     injected = make_faulty_source(raw, faulty)
@@ -203,11 +203,10 @@ def _read_epoch(out: str, mixture: str, cache: str) -> tuple[dict, list[str], in
     for lg in loggers:
         lg.addHandler(handler)
     try:
-        cfg = StreamConfig(data_root=out, batch_size=2, num_workers=0, resolution=16,
-                           buffer_bytes=2**20, index_cache_dir=cache, io_threads=2)
-        with TrainingStream(cfg, rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0,
-                            mixture=load_mixture(mixture)) as stream:
-            steps = stream.epoch_length() // cfg.batch_size
+        cfg = StreamConfig(num_workers=0, buffer_bytes=2**20, index_cache_dir=cache, io_threads=2)
+        with TrainingStream(cfg, data_root=out, mixture=load_mixture(mixture), batch_size=2, seed=0, resolution=16,
+                            rank=0, world_size=1, prompt_builder=_Builder(), pad_id=0) as stream:
+            steps = stream.epoch_length() // stream.batch_size
             for _ in range(steps):
                 batch = next(stream)
                 assert batch["pixel_values"].shape == (2, 3, 16, 16)

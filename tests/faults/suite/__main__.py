@@ -1,4 +1,4 @@
-"""``python -m pipeline.faults``: run the fault scenarios, one JSON line each, then a table."""
+"""``python -m tests.faults.suite``: run the fault scenarios, one JSON line each, then a table."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import tempfile
 
 import pipeline  # noqa: F401  (env defaults)
-from pipeline.faults.core import SCENARIOS, FaultContext, ScenarioResult, run_scenario
+from tests.faults.suite.core import SCENARIOS, FaultContext, ScenarioResult, run_scenario
 
 
 def summary_table(results: list[ScenarioResult]) -> str:
@@ -24,7 +24,7 @@ def summary_table(results: list[ScenarioResult]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m pipeline.faults", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tests.faults.suite", description=__doc__)
     p.add_argument("--quick", action="store_true", help="small version (what `make test` runs)")
     p.add_argument("--only", default="", help=f"comma-separated subset of: {', '.join(SCENARIOS)}")
     p.add_argument("--workdir", default="", help="keep scenario files here (default: a temp dir, removed)")
