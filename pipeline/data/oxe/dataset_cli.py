@@ -57,7 +57,8 @@ class RegisterConfig:
     episode_filters: Any = helpfield([], "e.g. [{op: success, key: episode_metadata/success}]")
     control_hz: float = helpfield(0.0, "control frequency (0 = unknown)")
     description: str = helpfield("", "one line for `vla dataset list`")
-    out: str = helpfield("", "registry file or directory ('' = dataset_mixtures/registry/<name>.yaml)")
+    out: str = helpfield("", "registry file or directory ('' = the first VLA_DATASET_REGISTRY folder, else "
+                                 "the checkout's dataset_mixtures/registry/)")
     force: bool = helpfield(False, "overwrite an existing registry file")
     check_episodes: int = helpfield(1, "episodes read and standardized to validate the entry (0 = skip)")
 
@@ -119,11 +120,25 @@ def build_entry(cfg: RegisterConfig, info) -> dict:
 
 
 def _target(cfg: RegisterConfig, name: str) -> str:
-    from pipeline.data.oxe.user_registry import REGISTRY_DIR
+    if cfg.out:
+        return cfg.out if cfg.out.endswith((".yaml", ".yml")) else fs.join(cfg.out, f"{name}.yaml")
+    return os.path.join(default_registry_dir(), f"{name}.yaml")
 
-    if not cfg.out:
-        return os.path.join(REGISTRY_DIR, f"{name}.yaml")
-    return cfg.out if cfg.out.endswith((".yaml", ".yml")) else fs.join(cfg.out, f"{name}.yaml")
+
+def default_registry_dir() -> str:
+    """Where ``register`` writes without ``out=``: the first ``VLA_DATASET_REGISTRY`` folder (later
+    commands look there), else the built-in registry when it is a checkout's folder. Inside an
+    installed package it is refused: a wheel's files are not the place for user entries."""
+    from pipeline.data.oxe.user_registry import ENV_VAR, REGISTRY_DIR, registry_sources
+
+    extra = [p for p in registry_sources()[1:] if not p.endswith((".yaml", ".yml"))]
+    if extra:
+        return extra[0]
+    if "site-packages" in REGISTRY_DIR.split(os.sep) or "dist-packages" in REGISTRY_DIR.split(os.sep):
+        raise UserError(f"dataset register: no out= and {ENV_VAR} is not set; the built-in registry "
+                        f"({REGISTRY_DIR}) belongs to the installed package. Set {ENV_VAR}=DIR (later "
+                        f"commands read entries from there) or pass out=DIR")
+    return REGISTRY_DIR
 
 
 def check_against_data(spec, info, episodes: int) -> dict:

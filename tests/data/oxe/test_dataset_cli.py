@@ -20,6 +20,7 @@ from pipeline.data.manifest import MANIFEST_NAME, CuratedDataset, curated_featur
 from pipeline.data.oxe import get_spec, list_datasets
 from pipeline.data.oxe import transforms as tf
 from pipeline.data.oxe import user_registry as ur
+from pipeline.errors import UserError
 
 ROBOT = "zeta_bot"
 # The robot as recorded (NOT registered): 8-D action = xyz delta, quaternion delta, gripper 1 = CLOSED;
@@ -220,7 +221,6 @@ def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
     """A Ray worker that cannot see the YAML (remote cluster) curates from the entry the driver sends."""
     from pipeline.data.curate.splits import TRAIN, SplitRole
     from pipeline.data.curate.tasks import MapJob, run_map
-    from pipeline.errors import UserError
 
     entry = ur.parse_entry(TRUTH, str(tmp_path / f"{ROBOT}.yaml"))
     monkeypatch.delenv(ur.ENV_VAR, raising=False)
@@ -235,3 +235,19 @@ def test_map_task_needs_only_the_entry(tmp_path, raw_root, monkeypatch):
     q = marker["quarantine"]
     assert marker["episodes"] + q["episodes_dropped"] == shard.num_episodes and marker["episodes"] > 0
     assert set(q["reasons"]) <= {"empty_instruction"}  # the fixture's unlabeled episodes
+
+
+def test_default_registry_dir(tmp_path, monkeypatch):
+    """Without out=: the first VLA_DATASET_REGISTRY folder; else the checkout's registry; never
+    the files of an installed package (one line naming the variable to set)."""
+    from pipeline.data.oxe.dataset_cli import default_registry_dir
+
+    monkeypatch.setenv(ur.ENV_VAR, os.pathsep.join([str(tmp_path / "one.yaml"), str(tmp_path / "mine")]))
+    assert default_registry_dir() == str(tmp_path / "mine")
+    monkeypatch.delenv(ur.ENV_VAR)
+    assert default_registry_dir() == ur.REGISTRY_DIR
+    installed = str(tmp_path / "lib" / "python3.11" / "site-packages" / "pipeline" / "dataset_mixtures" / "registry")
+    monkeypatch.setattr(ur, "REGISTRY_DIR", installed)
+    with pytest.raises(UserError, match=f"{ur.ENV_VAR} is not set.*belongs to the installed package") as e:
+        default_registry_dir()
+    assert "\n" not in str(e.value)
