@@ -230,27 +230,26 @@ def iter_dataset(
     skip_keys = tuple(skip_keys)
     stop = threading.Event()
 
+    def put(q: queue.Queue, item: Any) -> bool:
+        """Hand ``item`` to the consumer, waiting while its queue is full; False once it has stopped."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                break
+            except queue.Full:
+                continue
+        return not stop.is_set()
+
     def produce(shard: ShardInfo, q: queue.Queue) -> None:
         try:
             for ep in read_episodes(shard.url, info.features, skip_keys=skip_keys, on_corrupt=on_corrupt,
                                     dataset=info.name, stats=stats):
-                while not stop.is_set():
-                    try:
-                        q.put(ep, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(q, ep):
                     return
             item: Any = _DONE
         except BaseException as e:  # handed to the consumer
             item = e
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return
-            except queue.Full:
-                continue
+        put(q, item)
 
     workers = max(1, int(num_workers))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rlds-read")
