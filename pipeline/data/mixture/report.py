@@ -84,13 +84,13 @@ def mixture_rows(mixture: Mixture, curated: str = "", steps: int = 0, global_bat
     draws = _draws(mixture, counts)
     shares = _shares(mixture, draws)
     draw_counts = dict(zip(draws.names, draws.counts.tolist())) if draws is not None else None
-    epoch = draws.epoch_length if draws is not None else None
+    passes = dict(zip(draws.names, draws.passes_per_epoch().tolist())) if draws is not None else None
     planned = steps * global_batch if steps and global_batch else None
     rows = []
     for name, weight in mixture.datasets.items():
         share = shares.get(name, 0.0) if shares is not None else None
         n = frames.get(name)
-        per_epoch = share * epoch / n if share is not None and epoch is not None and n else None
+        per_epoch = passes.get(name, 0.0) if passes is not None and n else None
         per_run = share * planned / n if share is not None and planned is not None and n else None
         _, trajectories, transitions = counts.get(name, (None, None, None))
         rows.append({"dataset": name, "weight": weight, "num_transitions": transitions, "frames": n,
