@@ -132,10 +132,11 @@ class CuratedDataset:
         except FileNotFoundError:
             raise UserError(f"{url} not found: curate the dataset first (it writes {STATISTICS_NAME})") from None
 
-    def num_transitions(self) -> int:
+    def num_transitions(self, statistics: dict | None = None) -> int:
         """OpenVLA's size of the dataset: ``num_transitions`` of its statistics (frames of split ``all``,
-        before the episode filters), what size-balanced mixtures weight by. UserError when absent."""
-        entry = self.statistics().get(self.name)
+        before the episode filters), what size-balanced mixtures weight by. UserError when absent.
+        ``statistics``: :meth:`statistics` when the caller has already read them."""
+        entry = (self.statistics() if statistics is None else statistics).get(self.name)
         value = entry.get("num_transitions") if isinstance(entry, dict) else None
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UserError(f"{self.file(STATISTICS_NAME)}: expected an integer '{self.name}.num_transitions' >= 0, "

@@ -126,8 +126,9 @@ class CuratedSource:
         self.layout = DatasetLayout(name=name, shard_urls=self.shard_urls,
                                     frames=tuple(np.asarray(i["frames"], np.int64) for i in index))
         self.episode_bytes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, np.int64)
-        self.norm = parse_dataset_norm(dataset.statistics(), name, where=dataset.file(STATISTICS_NAME))
-        self.num_transitions = dataset.num_transitions()
+        statistics = dataset.statistics()  # one read for both
+        self.norm = parse_dataset_norm(statistics, name, where=dataset.file(STATISTICS_NAME))
+        self.num_transitions = dataset.num_transitions(statistics)
         self.skipped_records = _skipped_records(shards, index)
         if self.skipped_records:
             log.warning("dataset %s: %d corrupt or missing record(s) left out of the stream: %s", name,
