@@ -190,12 +190,10 @@ def load_checkpoint_model(checkpoint: str) -> Any:
 
 def load_exported(url: str, *, device: str = "cpu") -> tuple[Any, Any, dict]:
     """``(model, tokenizer, dataset_statistics)`` of an export, ready for inference."""
-    from pipeline.model import load_text_tokenizer
     from pipeline.model.pretrained import load_pretrained_vla
 
-    model = load_pretrained_vla(url, device=device).model.eval()
-    tokenizer = load_text_tokenizer(url)
-    return model, tokenizer, fs.read_json(fs.join(url, "dataset_statistics.json"))
+    loaded = load_pretrained_vla(url, device=device)  # reads the tokenizer and statistics too
+    return loaded.model.eval(), loaded.text_tokenizer, loaded.norm_stats
 
 
 def run_export(cfg: ExportConfig) -> int:
