@@ -135,11 +135,12 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
     try:
         model = _load_model(local, url, merge=False)
         lora = os.path.join(local, "lora_config.json")
+        facts = training_facts(local, url)
         if adapter:
             from pipeline.train.peft_adapter import save_peft_adapter
 
             spec = fs.read_json(lora) if os.path.exists(lora) else {}
-            save_peft_adapter(model, spec, adapter, fmt=fmt, base=training_facts(local, url).base)
+            save_peft_adapter(model, spec, adapter, fmt=fmt, base=facts.base)
         if os.path.exists(lora):
             from pipeline.train.lora import merge_lora
 
@@ -151,7 +152,7 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
         if overwrite and fs.exists(out):
             fs.remove(out, recursive=True)
         save_model_dir(model, out, fmt=fmt, tokenizer=tokenizer, norm_stats=stats, dtype=dtype,
-                       max_shard_bytes=shard_bytes, train=training_facts(local, url), train_config=train_config,
+                       max_shard_bytes=shard_bytes, train=facts, train_config=train_config,
                        source=url)
     finally:
         if tmp:
