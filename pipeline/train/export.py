@@ -162,13 +162,14 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
 
 def _convert(src: str, out: str, *, overwrite: bool, fmt: str, dtype: str, shard_bytes: int, adapter: str) -> str:
     """A model folder (ours or OpenVLA's) re-written in ``fmt``."""
-    from pipeline.model.export_format import save_model_dir
+    from pipeline.model.export_format import DTYPES, save_model_dir
     from pipeline.model.pretrained import load_pretrained_vla
 
     if adapter:
         raise UserError(f"adapter={adapter}: only a LoRA training checkpoint of `vla finetune` has adapters; "
                         f"{src} is a model folder")
-    loaded = load_pretrained_vla(src)
+    # built in the dtype it is written in (no fp32 copy of a bf16 model); save_model_dir refuses unknown ones
+    loaded = load_pretrained_vla(src, dtype=DTYPES.get(dtype, DTYPES["float32"]))
     if overwrite and fs.exists(out):
         fs.remove(out, recursive=True)
     save_model_dir(loaded.model, out, fmt=fmt, tokenizer=loaded.text_tokenizer, norm_stats=loaded.norm_stats,
