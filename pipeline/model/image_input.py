@@ -1,6 +1,7 @@
 """Frames -> the pixel tensor a VLA reads, with the training stream's pixels.
 
-    pre = ImagePreprocess.from_export(url, model.config)   # size + centre crop the model was trained with
+    loaded = load_pretrained_vla(url)                      # pipeline.model.pretrained
+    pre = ImagePreprocess.from_train_config(loaded.train_config, loaded.model.config)  # size + crop as trained
     frames = pre.frames([camera_rgb, jpeg_bytes])          # uint8 [B, H, W, 3] (CPU, PIL Lanczos)
     pixels = pixels_from_uint8(torch.from_numpy(frames).to(device), torch.bfloat16)   # [B, 3, H, W]
 
@@ -42,13 +43,6 @@ class ImagePreprocess:
 
     size: int
     center_crop: bool = False
-
-    @classmethod
-    def from_export(cls, url: str, model_config: Any, *, center_crop: bool | None = None) -> ImagePreprocess:
-        """The preprocessing export ``url`` was trained with (``center_crop`` given: overrides it)."""
-        path = fs.join(url, TRAIN_CONFIG_FILE)
-        text = fs.read_text(path) if fs.exists(path) else None
-        return cls.from_train_config(text, model_config, center_crop=center_crop, where=url)
 
     @classmethod
     def from_train_config(cls, text: str | None, model_config: Any, *, center_crop: bool | None = None,

@@ -24,7 +24,7 @@ import torch
 from pipeline import fs
 from pipeline.errors import UserError
 
-__all__ = ["INDEX_FILE", "SINGLE_FILE", "SafetensorsSource", "has_safetensors", "parse_size", "write_sharded"]
+__all__ = ["INDEX_FILE", "SINGLE_FILE", "SafetensorsSource", "parse_size", "write_sharded"]
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -47,11 +47,6 @@ def parse_size(text: str | int, *, key: str = "max_shard_size") -> int:
     if value <= 0:
         raise UserError(f"{key}={text!r}: must be > 0")
     return value
-
-
-def has_safetensors(url: str) -> bool:
-    """True when folder ``url`` holds ``model.safetensors`` or a shard index."""
-    return fs.exists(fs.join(url, INDEX_FILE)) or fs.exists(fs.join(url, SINGLE_FILE))
 
 
 def _read_header(url: str) -> tuple[dict[str, Any], int]:

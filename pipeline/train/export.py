@@ -135,11 +135,12 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
     try:
         model = _load_model(local, url, merge=False)
         lora = os.path.join(local, "lora_config.json")
+        facts = training_facts(local, url)
         if adapter:
             from pipeline.train.peft_adapter import save_peft_adapter
 
             spec = fs.read_json(lora) if os.path.exists(lora) else {}
-            save_peft_adapter(model, spec, adapter, fmt=fmt, base=training_facts(local, url).base)
+            save_peft_adapter(model, spec, adapter, fmt=fmt, base=facts.base)
         if os.path.exists(lora):
             from pipeline.train.lora import merge_lora
 
@@ -151,7 +152,7 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
         if overwrite and fs.exists(out):
             fs.remove(out, recursive=True)
         save_model_dir(model, out, fmt=fmt, tokenizer=tokenizer, norm_stats=stats, dtype=dtype,
-                       max_shard_bytes=shard_bytes, train=training_facts(local, url), train_config=train_config,
+                       max_shard_bytes=shard_bytes, train=facts, train_config=train_config,
                        source=url)
     finally:
         if tmp:
@@ -161,13 +162,14 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
 
 def _convert(src: str, out: str, *, overwrite: bool, fmt: str, dtype: str, shard_bytes: int, adapter: str) -> str:
     """A model folder (ours or OpenVLA's) re-written in ``fmt``."""
-    from pipeline.model.export_format import save_model_dir
+    from pipeline.model.export_format import DTYPES, save_model_dir
     from pipeline.model.pretrained import load_pretrained_vla
 
     if adapter:
         raise UserError(f"adapter={adapter}: only a LoRA training checkpoint of `vla finetune` has adapters; "
                         f"{src} is a model folder")
-    loaded = load_pretrained_vla(src)
+    # built in the dtype it is written in (no fp32 copy of a bf16 model); save_model_dir refuses unknown ones
+    loaded = load_pretrained_vla(src, dtype=DTYPES.get(dtype, DTYPES["float32"]))
     if overwrite and fs.exists(out):
         fs.remove(out, recursive=True)
     save_model_dir(loaded.model, out, fmt=fmt, tokenizer=loaded.text_tokenizer, norm_stats=loaded.norm_stats,
@@ -190,12 +192,10 @@ def load_checkpoint_model(checkpoint: str) -> Any:
 
 def load_exported(url: str, *, device: str = "cpu") -> tuple[Any, Any, dict]:
     """``(model, tokenizer, dataset_statistics)`` of an export, ready for inference."""
-    from pipeline.model import load_text_tokenizer
     from pipeline.model.pretrained import load_pretrained_vla
 
-    model = load_pretrained_vla(url, device=device).model.eval()
-    tokenizer = load_text_tokenizer(url)
-    return model, tokenizer, fs.read_json(fs.join(url, "dataset_statistics.json"))
+    loaded = load_pretrained_vla(url, device=device)  # reads the tokenizer and statistics too
+    return loaded.model.eval(), loaded.text_tokenizer, loaded.norm_stats
 
 
 def run_export(cfg: ExportConfig) -> int:

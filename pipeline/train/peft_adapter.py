@@ -55,8 +55,5 @@ def save_peft_adapter(model: Any, spec: dict, out_url: str, *, fmt: str = "vla",
     with tempfile.TemporaryDirectory(prefix="vla-adapter-") as tmp:
         save_file(state, os.path.join(tmp, ADAPTER_WEIGHTS), metadata={"format": "pt"})
         cfg.save_pretrained(tmp)
-        names = sorted(os.listdir(tmp))
-        for name in names:
-            with open(os.path.join(tmp, name), "rb") as f:
-                fs.write_bytes(fs.join(out_url, name), f.read())
-    return names
+        fs.copy_dir(tmp, out_url)
+        return sorted(os.listdir(tmp))
