@@ -121,10 +121,9 @@ class _Progress:
 def _map_jobs(plan: DatasetPlan, cfg: CurateConfig) -> list[MapJob]:
     from pipeline.data.oxe.user_registry import user_entry
 
-    parts = fs.join(plan.out_dir, "_parts")
     filters = FilterConfig(**plan.overrides["filters"])
     return [MapJob(dataset=plan.name, shard_url=s.url, shard_index=s.index, role=s.role,
-                   source_features=plan.features, parts=parts, num_buckets=plan.num_buckets, seed=cfg.seed,
+                   source_features=plan.features, parts=plan.parts_dir, num_buckets=plan.num_buckets, seed=cfg.seed,
                    run_key=plan.run_key, proprio_dim=plan.proprio_dim, filters=filters,
                    cameras=plan.overrides["cameras"], fix_known_issues=cfg.fix_known_issues, sketch_k=cfg.sketch_k,
                    max_examples=cfg.max_examples, env=driver_env(), spec_entry=user_entry(plan.name) or {})
@@ -144,7 +143,6 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stat
     """Per role, equal rank ranges of the key-sorted kept episodes -> one job per output shard."""
     from pipeline.data.oxe.user_registry import user_entry
 
-    parts = fs.join(plan.out_dir, "_parts")
     kept = {role: sorted((key, m["shard_index"], int(b), pos) for m in markers
                          for b, entries in m["buckets"].get(role, {}).items() for pos, (key, *_) in enumerate(entries))
             for role in (TRAIN, VAL)}
@@ -158,7 +156,7 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stat
                 groups.setdefault((src, bucket), []).append([pos, key])
             inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
             jobs.append(ReduceJob(
-                dataset=plan.name, parts=parts, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
+                dataset=plan.name, parts=plan.parts_dir, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
                 shard_url=fs.join(plan.out_dir, shard_filename(plan.name, role, j, num_out)),
                 proprio_dim=plan.proprio_dim, action_stats=stats["action"],
                 filters=FilterConfig(**plan.overrides["filters"]), cameras=plan.overrides["cameras"],
@@ -202,9 +200,8 @@ def _start_quantiles(run: _Run, cfg: CurateConfig) -> None:
     if run.total is None:
         run.total = merged_partials(run.plan, cfg)
         run.brackets = brackets_of(run.total)
-    parts = fs.join(run.plan.out_dir, "_parts")
     run.counts = {}
-    run.quantiles = [QuantileJob(values_url=values_url(parts, s.index), brackets=run.brackets, env=driver_env())
+    run.quantiles = [QuantileJob(values_url=values_url(run.plan.parts_dir, s.index), brackets=run.brackets, env=driver_env())
                      for s in run.plan.shards]
 
 

@@ -88,6 +88,11 @@ class DatasetPlan:
     def out_dir(self) -> str:
         return self.curated.url
 
+    @property
+    def parts_dir(self) -> str:
+        """The tasks' intermediate files (removed at commit unless ``keep_parts``)."""
+        return fs.join(self.out_dir, "_parts")
+
 
 def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
     return dataclasses.replace(cfg.filters, **override.get("filters", {}))
