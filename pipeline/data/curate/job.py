@@ -173,7 +173,6 @@ class _Run:
     markers: dict = field(default_factory=dict)
     total: object = None  # merged PartialStats of the map tasks
     brackets: dict = field(default_factory=dict)
-    quantile_round: int = 0
     quantiles: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     stats: dict | None = None
@@ -211,7 +210,6 @@ def _finish_quantiles(run: _Run, cfg: CurateConfig) -> bool:
     if quantiles is None:
         print(f"curate: {run.plan.name}: a q01/q99 bracket missed its ranks; recounting with it opened",
               file=sys.stderr)
-        run.quantile_round += 1
         _start_quantiles(run, cfg)
         return False
     run.stats = run.total.finalize(mask=run.plan.mask, quantiles=quantiles)
@@ -235,18 +233,18 @@ def _phase_done(run: _Run, phase: int, cfg: CurateConfig) -> int | None:
 def _schedule(runs: list[_Run], cfg: CurateConfig, limit: int, progress: _Progress) -> None:
     """Run every map, quantile and reduce task, at most ``limit`` in flight, then commit each dataset.
 
-    Priority (dataset index, phase, round, job index): with one worker the order is strictly dataset
+    Priority (dataset index, phase, job index): with one worker the order is strictly dataset
     by dataset; with more, later datasets' maps fill slots an earlier dataset cannot use.
     """
     import ray
 
     remote = [ray.remote(num_cpus=1, max_retries=2)(fn) for fn in (run_map, run_quantile_counts, run_reduce)]
-    heap = [(d, MAP, 0, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
+    heap = [(d, MAP, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
     heapq.heapify(heap)
     pending: dict = {}
     while heap or pending:
         while heap and len(pending) < limit:
-            d, phase, rnd, i = heapq.heappop(heap)
+            d, phase, i = heapq.heappop(heap)
             pending[remote[phase].remote(runs[d].jobs(phase)[i])] = (d, phase, i)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
@@ -261,7 +259,7 @@ def _schedule(runs: list[_Run], cfg: CurateConfig, limit: int, progress: _Progre
             nxt = _phase_done(run, phase, cfg)
             if nxt is not None:
                 for j in range(len(run.jobs(nxt))):
-                    heapq.heappush(heap, (d, nxt, run.quantile_round, j))
+                    heapq.heappush(heap, (d, nxt, j))
 
 
 def _finish(run: _Run, cfg: CurateConfig) -> None:
