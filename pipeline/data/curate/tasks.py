@@ -43,7 +43,7 @@ from pipeline.data.curate.filters import (
     has_nan_inf,
     registry_episode_filters,
 )
-from pipeline.data.curate.quantiles import Bracket, BracketCounts
+from pipeline.data.curate.quantiles import BracketCounts
 from pipeline.data.curate.quarantine import Quarantine
 from pipeline.data.curate.splits import STATS_ONLY, SplitRole
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats
@@ -262,7 +262,7 @@ def run_quantile_counts(job: QuantileJob) -> dict[str, bytes]:
     with np.load(io.BytesIO(fs.read_bytes(job.values_url))) as z:
         out = {}
         for key, bracket in job.brackets.items():
-            counts = BracketCounts(Bracket(bracket.low, bracket.high))
+            counts = BracketCounts(bracket)
             counts.update(z[key])
             out[key] = counts.to_bytes()
     return out
