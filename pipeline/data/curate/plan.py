@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pipeline import __version__, fs
 from pipeline.config import MISSING, helpfield
 from pipeline.data.curate.filters import FilterConfig
-from pipeline.data.curate.splits import VAL, SplitRole, split_roles, train_boundary
+from pipeline.data.curate.splits import VAL, SplitRole, has_val_split, split_roles, train_boundary
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, action_mask
 from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash, source_fingerprint
 from pipeline.data.mixture.files import Mixture
@@ -119,7 +119,7 @@ def _split_order(splits: dict, train_split: str) -> list[str]:
 def _uses(splits: dict, train_split: str) -> tuple[dict, str]:
     """Per source split: episodes and what curation makes of them; and where validation comes from."""
     counts = {s: sum(i.num_episodes for i in shards) for s, shards in splits.items()}
-    has_val = VAL in splits and train_split != VAL
+    has_val = has_val_split(splits, train_split)
     uses = {}
     for split in _split_order(splits, train_split):
         if split == train_split:
