@@ -70,7 +70,6 @@ class SourceShard:
 @dataclass(kw_only=True)
 class DatasetPlan:
     name: str
-    source_dir: str
     curated: CuratedDataset
     shards: list  # [SourceShard], every split (train split first, then the others by name)
     features: dict
@@ -165,7 +164,7 @@ def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     run_key = content_hash(stats_key, cfg.seed, num_buckets, cfg.sketch_k, __version__)
     proprio_dim = _probe_proprio_dim(spec, shards, builder.features, cfg)
     uses, validation_source = _uses(builder.splits, cfg.split)
-    return DatasetPlan(name=name, source_dir=builder.url, curated=CuratedDataset(cfg.out, name), shards=shards,
+    return DatasetPlan(name=name, curated=CuratedDataset(cfg.out, name), shards=shards,
                        features=builder.features, proprio_dim=proprio_dim, num_buckets=num_buckets,
                        fingerprint=fingerprint, stats_key=stats_key, run_key=run_key,
                        overrides={"filters": dataclasses.asdict(filters), "cameras": override.get("cameras", {})},
