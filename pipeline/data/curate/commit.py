@@ -17,6 +17,7 @@ from pipeline.data.curate.quantiles import QUANTILES, BracketCounts, BracketMiss
 from pipeline.data.curate.quarantine import Quarantine
 from pipeline.data.curate.splits import TRAIN, VAL
 from pipeline.data.curate.stats import PartialStats
+from pipeline.data.curate.tasks import stats_url
 from pipeline.data.manifest import (
     CURATED_VERSION,
     MANIFEST_NAME,
@@ -35,10 +36,9 @@ COMPUTED_ON = ("every source split (test and val included), after standardizatio
 
 def merged_partials(plan: DatasetPlan, cfg: CurateConfig) -> PartialStats:
     """Moments + sketches of every map task, merged in source-shard order."""
-    parts = fs.join(plan.out_dir, "_parts")
     total = PartialStats(k=cfg.sketch_k, proprio_dim=plan.proprio_dim)
     for s in plan.shards:
-        total.merge(PartialStats.from_bytes(fs.read_bytes(fs.join(parts, f"src-{s.index:05d}.stats.npz"))))
+        total.merge(PartialStats.from_bytes(fs.read_bytes(stats_url(plan.parts_dir, s.index))))
     return total
 
 
@@ -106,7 +106,7 @@ def commit(plan: DatasetPlan, cfg: CurateConfig, stats: dict, markers: list[dict
     }
     fs.write_json(plan.curated.file(MANIFEST_NAME), manifest)
     if not cfg.keep_parts:
-        fs.remove(fs.join(plan.out_dir, "_parts"), recursive=True)
+        fs.remove(plan.parts_dir, recursive=True)
     return {"manifest": manifest, "quarantine": q}
 
 

@@ -121,10 +121,9 @@ class _Progress:
 def _map_jobs(plan: DatasetPlan, cfg: CurateConfig) -> list[MapJob]:
     from pipeline.data.oxe.user_registry import user_entry
 
-    parts = fs.join(plan.out_dir, "_parts")
     filters = FilterConfig(**plan.overrides["filters"])
     return [MapJob(dataset=plan.name, shard_url=s.url, shard_index=s.index, role=s.role,
-                   source_features=plan.features, parts=parts, num_buckets=plan.num_buckets, seed=cfg.seed,
+                   source_features=plan.features, parts=plan.parts_dir, num_buckets=plan.num_buckets, seed=cfg.seed,
                    run_key=plan.run_key, proprio_dim=plan.proprio_dim, filters=filters,
                    cameras=plan.overrides["cameras"], fix_known_issues=cfg.fix_known_issues, sketch_k=cfg.sketch_k,
                    max_examples=cfg.max_examples, env=driver_env(), spec_entry=user_entry(plan.name) or {})
@@ -144,7 +143,6 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stat
     """Per role, equal rank ranges of the key-sorted kept episodes -> one job per output shard."""
     from pipeline.data.oxe.user_registry import user_entry
 
-    parts = fs.join(plan.out_dir, "_parts")
     kept = {role: sorted((key, m["shard_index"], int(b), pos) for m in markers
                          for b, entries in m["buckets"].get(role, {}).items() for pos, (key, *_) in enumerate(entries))
             for role in (TRAIN, VAL)}
@@ -158,7 +156,7 @@ def _reduce_jobs(plan: DatasetPlan, cfg: CurateConfig, markers: list[dict], stat
                 groups.setdefault((src, bucket), []).append([pos, key])
             inputs = [(src, bucket, wanted) for (src, bucket), wanted in sorted(groups.items())]
             jobs.append(ReduceJob(
-                dataset=plan.name, parts=parts, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
+                dataset=plan.name, parts=plan.parts_dir, role=role, out_index=j, inputs=inputs, run_key=plan.run_key,
                 shard_url=fs.join(plan.out_dir, shard_filename(plan.name, role, j, num_out)),
                 proprio_dim=plan.proprio_dim, action_stats=stats["action"],
                 filters=FilterConfig(**plan.overrides["filters"]), cameras=plan.overrides["cameras"],
@@ -175,7 +173,6 @@ class _Run:
     markers: dict = field(default_factory=dict)
     total: object = None  # merged PartialStats of the map tasks
     brackets: dict = field(default_factory=dict)
-    quantile_round: int = 0
     quantiles: list = field(default_factory=list)
     counts: dict = field(default_factory=dict)
     stats: dict | None = None
@@ -202,9 +199,8 @@ def _start_quantiles(run: _Run, cfg: CurateConfig) -> None:
     if run.total is None:
         run.total = merged_partials(run.plan, cfg)
         run.brackets = brackets_of(run.total)
-    parts = fs.join(run.plan.out_dir, "_parts")
     run.counts = {}
-    run.quantiles = [QuantileJob(values_url=values_url(parts, s.index), brackets=run.brackets, env=driver_env())
+    run.quantiles = [QuantileJob(values_url=values_url(run.plan.parts_dir, s.index), brackets=run.brackets, env=driver_env())
                      for s in run.plan.shards]
 
 
@@ -214,7 +210,6 @@ def _finish_quantiles(run: _Run, cfg: CurateConfig) -> bool:
     if quantiles is None:
         print(f"curate: {run.plan.name}: a q01/q99 bracket missed its ranks; recounting with it opened",
               file=sys.stderr)
-        run.quantile_round += 1
         _start_quantiles(run, cfg)
         return False
     run.stats = run.total.finalize(mask=run.plan.mask, quantiles=quantiles)
@@ -238,18 +233,18 @@ def _phase_done(run: _Run, phase: int, cfg: CurateConfig) -> int | None:
 def _schedule(runs: list[_Run], cfg: CurateConfig, limit: int, progress: _Progress) -> None:
     """Run every map, quantile and reduce task, at most ``limit`` in flight, then commit each dataset.
 
-    Priority (dataset index, phase, round, job index): with one worker the order is strictly dataset
+    Priority (dataset index, phase, job index): with one worker the order is strictly dataset
     by dataset; with more, later datasets' maps fill slots an earlier dataset cannot use.
     """
     import ray
 
     remote = [ray.remote(num_cpus=1, max_retries=2)(fn) for fn in (run_map, run_quantile_counts, run_reduce)]
-    heap = [(d, MAP, 0, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
+    heap = [(d, MAP, i) for d, run in enumerate(runs) for i in range(len(run.maps))]
     heapq.heapify(heap)
     pending: dict = {}
     while heap or pending:
         while heap and len(pending) < limit:
-            d, phase, rnd, i = heapq.heappop(heap)
+            d, phase, i = heapq.heappop(heap)
             pending[remote[phase].remote(runs[d].jobs(phase)[i])] = (d, phase, i)
         ready, _ = ray.wait(list(pending), num_returns=1)
         for ref in ready:
@@ -264,7 +259,7 @@ def _schedule(runs: list[_Run], cfg: CurateConfig, limit: int, progress: _Progre
             nxt = _phase_done(run, phase, cfg)
             if nxt is not None:
                 for j in range(len(run.jobs(nxt))):
-                    heapq.heappush(heap, (d, nxt, run.quantile_round, j))
+                    heapq.heappush(heap, (d, nxt, j))
 
 
 def _finish(run: _Run, cfg: CurateConfig) -> None:

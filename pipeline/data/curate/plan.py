@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pipeline import __version__, fs
 from pipeline.config import MISSING, helpfield
 from pipeline.data.curate.filters import FilterConfig
-from pipeline.data.curate.splits import VAL, SplitRole, split_roles, train_boundary
+from pipeline.data.curate.splits import VAL, SplitRole, has_val_split, split_roles, train_boundary
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, action_mask
 from pipeline.data.manifest import CURATED_VERSION, CuratedDataset, content_hash, source_fingerprint
 from pipeline.data.mixture.files import Mixture
@@ -70,7 +70,6 @@ class SourceShard:
 @dataclass(kw_only=True)
 class DatasetPlan:
     name: str
-    source_dir: str
     curated: CuratedDataset
     shards: list  # [SourceShard], every split (train split first, then the others by name)
     features: dict
@@ -87,6 +86,11 @@ class DatasetPlan:
     @property
     def out_dir(self) -> str:
         return self.curated.url
+
+    @property
+    def parts_dir(self) -> str:
+        """The tasks' intermediate files (removed at commit unless ``keep_parts``)."""
+        return fs.join(self.out_dir, "_parts")
 
 
 def _filters_for(cfg: CurateConfig, override: dict) -> FilterConfig:
@@ -114,7 +118,7 @@ def _split_order(splits: dict, train_split: str) -> list[str]:
 def _uses(splits: dict, train_split: str) -> tuple[dict, str]:
     """Per source split: episodes and what curation makes of them; and where validation comes from."""
     counts = {s: sum(i.num_episodes for i in shards) for s, shards in splits.items()}
-    has_val = VAL in splits and train_split != VAL
+    has_val = has_val_split(splits, train_split)
     uses = {}
     for split in _split_order(splits, train_split):
         if split == train_split:
@@ -160,7 +164,7 @@ def plan_dataset(name: str, mixture: Mixture, cfg: CurateConfig) -> DatasetPlan:
     run_key = content_hash(stats_key, cfg.seed, num_buckets, cfg.sketch_k, __version__)
     proprio_dim = _probe_proprio_dim(spec, shards, builder.features, cfg)
     uses, validation_source = _uses(builder.splits, cfg.split)
-    return DatasetPlan(name=name, source_dir=builder.url, curated=CuratedDataset(cfg.out, name), shards=shards,
+    return DatasetPlan(name=name, curated=CuratedDataset(cfg.out, name), shards=shards,
                        features=builder.features, proprio_dim=proprio_dim, num_buckets=num_buckets,
                        fingerprint=fingerprint, stats_key=stats_key, run_key=run_key,
                        overrides={"filters": dataclasses.asdict(filters), "cameras": override.get("cameras", {})},

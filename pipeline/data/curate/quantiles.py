@@ -38,7 +38,6 @@ __all__ = [
     "QUANTILES",
     "quantile_positions",
     "numpy_lerp",
-    "exact_quantiles",
     "Bracket",
     "BracketCounts",
     "BracketMiss",
@@ -69,14 +68,6 @@ def numpy_lerp(a: np.ndarray, b: np.ndarray, gamma: np.ndarray) -> np.ndarray:
     low_side = a.astype(np.float64) + diff * g
     high_side = b.astype(np.float64) - diff * (1.0 - g)
     return np.where(g >= 0.5, high_side, low_side)
-
-
-def exact_quantiles(x: np.ndarray, qs=QUANTILES) -> np.ndarray:
-    """float64 [Q, D] quantiles of the float32 rows ``x`` [n, D] in one process (same rule)."""
-    x = np.asarray(x, np.float32)
-    lo, hi, gamma = quantile_positions(len(x), qs)
-    parted = np.partition(x, np.unique(np.concatenate([lo, hi])), axis=0)
-    return numpy_lerp(parted[lo], parted[hi], gamma)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["TRAIN", "VAL", "STATS_ONLY", "SplitRole", "train_boundary", "split_roles"]
+__all__ = ["TRAIN", "VAL", "STATS_ONLY", "SplitRole", "train_boundary", "has_val_split", "split_roles"]
 
 TRAIN, VAL, STATS_ONLY = "train", "val", "stats"
 
@@ -25,6 +25,12 @@ TRAIN, VAL, STATS_ONLY = "train", "val", "stats"
 def train_boundary(num_episodes: int, percent: int = 95) -> int:
     """Episodes in ``train[:95%]`` of a split of ``num_episodes`` (tfds "closest" rounding)."""
     return int(round(percent * int(num_episodes) / 100.0))
+
+
+def has_val_split(splits, train_split: str = "train") -> bool:
+    """True when the builder's ``splits`` (names) has a ``val`` split to validate on: training then
+    takes all of ``train_split``, else its first 95%."""
+    return VAL in splits and train_split != VAL
 
 
 @dataclass(frozen=True)
@@ -46,7 +52,7 @@ class SplitRole:
 
 def split_roles(shard_counts: dict[str, list[int]], train_split: str = "train") -> dict[str, list[SplitRole]]:
     """``{split: [SplitRole per shard]}`` for a builder's ``{split: [episodes per shard]}``."""
-    has_val = VAL in shard_counts and train_split != VAL
+    has_val = has_val_split(shard_counts, train_split)
     boundary = train_boundary(sum(shard_counts.get(train_split, [])))
     out: dict[str, list[SplitRole]] = {}
     for split, counts in shard_counts.items():

@@ -43,7 +43,7 @@ from pipeline.data.curate.filters import (
     has_nan_inf,
     registry_episode_filters,
 )
-from pipeline.data.curate.quantiles import Bracket, BracketCounts
+from pipeline.data.curate.quantiles import BracketCounts
 from pipeline.data.curate.quarantine import Quarantine
 from pipeline.data.curate.splits import STATS_ONLY, SplitRole
 from pipeline.data.curate.stats import DEFAULT_SKETCH_K, PartialStats
@@ -51,7 +51,7 @@ from pipeline.data.manifest import curated_features
 from pipeline.data.schema import validate_episode
 
 __all__ = ["driver_env", "MapJob", "QuantileJob", "ReduceJob", "to_curated", "episode_key", "run_map",
-           "run_quantile_counts", "run_reduce", "map_marker", "reduce_marker", "values_url"]
+           "run_quantile_counts", "run_reduce", "map_marker", "reduce_marker", "values_url", "stats_url", "part_url"]
 
 
 def to_curated(ep: dict) -> dict:
@@ -94,6 +94,15 @@ def reduce_marker(parts: str, role: str, j: int) -> str:
 
 def values_url(parts: str, i: int) -> str:
     return fs.join(parts, f"src-{i:05d}.values.npz")
+
+
+def stats_url(parts: str, i: int) -> str:
+    return fs.join(parts, f"src-{i:05d}.stats.npz")
+
+
+def part_url(parts: str, i: int, role: str, bucket: int) -> str:
+    """Kept episodes of source shard ``i`` with ``role`` in ``bucket``."""
+    return fs.join(parts, f"src-{i:05d}", f"{role}-{bucket:05d}.tfrecord")
 
 
 @dataclass(kw_only=True)
@@ -185,7 +194,6 @@ def run_map(job: MapJob) -> dict:
     read_stats = ReadStats()
     writers: dict[tuple[str, int], EpisodeWriter] = {}
     keys: dict[str, dict[int, list]] = {}
-    src_dir = fs.join(job.parts, f"src-{job.shard_index:05d}")
     try:
         for raw in read_episodes(job.shard_url, job.source_features, on_corrupt="skip", dataset=job.dataset,
                                  stats=read_stats):
@@ -210,7 +218,7 @@ def run_map(job: MapJob) -> dict:
             key = episode_key(job.seed, job.dataset, ep["source_file"], ep["source_index"])
             bucket = (int(key[:16], 16) * job.num_buckets) >> 64
             if (role, bucket) not in writers:
-                writers[role, bucket] = EpisodeWriter(fs.join(src_dir, f"{role}-{bucket:05d}.tfrecord"), features)
+                writers[role, bucket] = EpisodeWriter(part_url(job.parts, job.shard_index, role, bucket), features)
             writers[role, bucket].write(to_curated(ep))
             keys.setdefault(role, {}).setdefault(bucket, []).append([key, len(steps["action"]), ep["episode_id"]])
         for wkey in sorted(writers):
@@ -221,7 +229,7 @@ def run_map(job: MapJob) -> dict:
     for rec in read_stats.records:  # skipped by the reader: reason = its kind, example = file + record index
         q.drop(rec["kind"], frames=0, episode_id=f"? ({rec['message'][:160]})",
                source_file=rec["file"] or job.shard_url, source_index=rec["index"])
-    fs.write_bytes(fs.join(job.parts, f"src-{job.shard_index:05d}.stats.npz"), stats.to_bytes())
+    fs.write_bytes(stats_url(job.parts, job.shard_index), stats.to_bytes())
     fs.write_bytes(values_url(job.parts, job.shard_index), _values_bytes(values, job.proprio_dim))
     marker = {"run_key": job.run_key, "shard_index": job.shard_index, "source_file": fs.basename(job.shard_url),
               "split": job.role.split,
@@ -254,7 +262,7 @@ def run_quantile_counts(job: QuantileJob) -> dict[str, bytes]:
     with np.load(io.BytesIO(fs.read_bytes(job.values_url))) as z:
         out = {}
         for key, bracket in job.brackets.items():
-            counts = BracketCounts(Bracket(bracket.low, bracket.high))
+            counts = BracketCounts(bracket)
             counts.update(z[key])
             out[key] = counts.to_bytes()
     return out
@@ -337,7 +345,7 @@ def run_reduce(job: ReduceJob) -> dict:
     features = curated_features(job.proprio_dim)
     keyed = []
     for src_index, bucket, wanted in job.inputs:
-        url = fs.join(job.parts, f"src-{src_index:05d}", f"{job.role}-{bucket:05d}.tfrecord")
+        url = part_url(job.parts, src_index, job.role, bucket)
         keyed += _read_part(url, {int(pos): key for pos, key in wanted}, features, job.dataset)
     keyed.sort(key=lambda kv: kv[0])
     q = Quarantine(job.dataset, job.max_examples)

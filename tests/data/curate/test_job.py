@@ -30,17 +30,6 @@ QS = np.array([0.01, 0.99])
 
 
 @pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths are length-limited
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
 def raw(tmp_path_factory) -> str:
     from pipeline.data.fixtures.datasets import FixtureConfig, run_fixture
 

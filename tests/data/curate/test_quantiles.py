@@ -14,7 +14,7 @@ from pipeline.data.curate.quantiles import (
     BracketCounts,
     BracketMiss,
     bracket_from_sketch,
-    exact_quantiles,
+    numpy_lerp,
     quantile_positions,
 )
 from pipeline.data.curate.stats import QuantileSketch
@@ -48,6 +48,15 @@ def adversarial(n: int, seed: int) -> np.ndarray:
             (u[:, 6] - 0.5) * 1e-6,
             np.where(u[:, 7] < 0.5, u[:, 7] * 1e-7, u[:, 7] * 1e7)]
     return np.stack(cols, 1).astype(np.float32)
+
+
+def exact_quantiles(x: np.ndarray, qs=QUANTILES) -> np.ndarray:
+    """float64 [Q, D] quantiles of the float32 rows ``x`` [n, D] in one process (the same rule as the
+    two passes: ``quantile_positions`` + ``numpy_lerp``)."""
+    x = np.asarray(x, np.float32)
+    lo, hi, gamma = quantile_positions(len(x), qs)
+    parted = np.partition(x, np.unique(np.concatenate([lo, hi])), axis=0)
+    return numpy_lerp(parted[lo], parted[hi], gamma)
 
 
 def two_pass(x: np.ndarray, shards: int, k: int = 4096, bracket: Bracket | None = None) -> np.ndarray:

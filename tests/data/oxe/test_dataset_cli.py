@@ -5,8 +5,6 @@ against a by-hand standardization of the raw episodes. Also ``make_demo_robot_da
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 
 import numpy as np
 import pytest
@@ -51,17 +49,6 @@ REGISTER = [
     "state_encoding=POS_QUAT", "language_key=steps/task", "action.steps=[{op: quat_to_euler, at: 3}]",
     "action.gripper=inverted", "episode_filters=[{op: success, key: episode_metadata/success}]",
 ]
-
-
-@pytest.fixture(scope="module")
-def ray_session():
-    import ray
-
-    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
-    yield
-    ray.shutdown()
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
