@@ -158,7 +158,7 @@ def test_output_layout_splits_stats_and_shuffle(curated, raw):
         assert not np.array_equal(np.quantile(kept, QS, axis=0), h["q"])
         builder = tfds.builder_from_directory(dataset.url)
         assert sum(1 for _ in builder.as_dataset(split="val")) == len(val)
-    assert sum(1 for _ in builder.as_dataset(split="train")) == CuratedDataset(curated, name).counts()[1]
+        assert sum(1 for _ in builder.as_dataset(split="train")) == CuratedDataset(curated, name).counts()[1]
 
 
 def _by_hand_tokens(action: np.ndarray, stats: dict, vocab: int) -> np.ndarray:
