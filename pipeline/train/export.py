@@ -163,7 +163,7 @@ def export_checkpoint(checkpoint: str, out: str, *, overwrite: bool = False, fmt
 def _convert(src: str, out: str, *, overwrite: bool, fmt: str, dtype: str, shard_bytes: int, adapter: str) -> str:
     """A model folder (ours or OpenVLA's) re-written in ``fmt``."""
     from pipeline.model.export_format import DTYPES, save_model_dir
-    from pipeline.model.pretrained import STATS_FILE, load_pretrained_vla
+    from pipeline.model.pretrained import load_pretrained_vla
 
     if adapter:
         raise UserError(f"adapter={adapter}: only a LoRA training checkpoint of `vla finetune` has adapters; "
@@ -192,7 +192,7 @@ def load_checkpoint_model(checkpoint: str) -> Any:
 
 def load_exported(url: str, *, device: str = "cpu") -> tuple[Any, Any, dict]:
     """``(model, tokenizer, dataset_statistics)`` of an export, ready for inference."""
-    from pipeline.model.pretrained import load_pretrained_vla
+    from pipeline.model.pretrained import STATS_FILE, load_pretrained_vla
 
     loaded = load_pretrained_vla(url, device=device)  # reads the tokenizer too
     # an export must carry its statistics file (the loader reads a missing one as "no statistics")
