@@ -17,14 +17,9 @@ import pytest
 
 from pipeline.errors import UserError
 from pipeline.ray_utils import check_reachable, ray_endpoint
+from tests.support.net import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -57,7 +52,7 @@ def test_bad_port_is_a_user_error():
 
 
 def test_unreachable_names_the_source_and_address():
-    port = _free_port()
+    port = free_port()
     t0 = time.monotonic()
     with pytest.raises(UserError) as err:
         check_reachable(f"127.0.0.1:{port}", "RAY_ADDRESS")
@@ -83,7 +78,7 @@ def _assert_one_line_error(proc: subprocess.CompletedProcess, needle: str) -> No
 
 def test_curate_with_an_unreachable_ray_address_fails_fast(fixture_data, tmp_path):
     # Ray alone retries for minutes; the 60 s limit below would kill such a run (TimeoutExpired)
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     proc = _vla(["curate", "mixture=bridge", f"source={fixture_data}", f"out={tmp_path / 'out'}", "progress=false"],
                 _env(RAY_ADDRESS=address), timeout=60)
     _assert_one_line_error(proc, f"RAY_ADDRESS={address}: no Ray cluster reachable")
@@ -91,14 +86,14 @@ def test_curate_with_an_unreachable_ray_address_fails_fast(fixture_data, tmp_pat
 
 
 def test_curate_with_an_unreachable_ray_address_key_names_the_key(fixture_data, tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     proc = _vla(["curate", "mixture=bridge", f"source={fixture_data}", f"out={tmp_path / 'out'}",
                  f"ray.address={address}"], _env(RAY_ADDRESS=""), timeout=60)
     _assert_one_line_error(proc, f"ray.address={address}: no Ray cluster reachable")
 
 
 def test_ray_train_launcher_with_an_unreachable_ray_address_fails_fast(tmp_path):
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     proc = _vla(["launch", "backend=ray", f"train.run_dir={tmp_path / 'run'}", "ray.use_gpu=false",
                  "train.data.source=synthetic"], _env(RAY_ADDRESS=address), timeout=60)
     _assert_one_line_error(proc, f"RAY_ADDRESS={address}: no Ray cluster reachable")
@@ -109,11 +104,11 @@ def ray_head():
     """A real head started with `ray start --head --block` in its own session; stopped with SIGINT
     (its clean shutdown), never with `ray stop` (that would stop every Ray on the machine)."""
     tmp = tempfile.mkdtemp(prefix="rh-", dir="/tmp")  # short: Ray's socket paths are length-limited
-    port = _free_port()
+    port = free_port()
     ray_cli = [sys.executable, "-c", "import sys; from ray.scripts.scripts import main; sys.exit(main())"]  # `ray`
     cmd = [*ray_cli, "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
            "--include-dashboard=false", f"--temp-dir={tmp}", "--disable-usage-stats",
-           f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}", "--block"]
+           f"--ray-client-server-port={free_port()}", f"--dashboard-agent-listen-port={free_port()}", "--block"]
     with open(os.path.join(tmp, "head.log"), "w") as log:
         head = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env(), start_new_session=True)
     try:

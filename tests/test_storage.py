@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 
 from pipeline import storage
 from pipeline.errors import UserError
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.support.net import free_port
 
 
 def test_unsupported_scheme():
@@ -22,7 +15,7 @@ def test_unsupported_scheme():
 
 
 def test_storage_host_that_does_not_answer(monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{free_port()}")
     with pytest.raises(UserError, match=r"^run_dir=gs://b/r: storage not reachable \(cannot connect to 127.0.0.1"):
         storage.check_location("run_dir", "gs://b/r")
 

@@ -126,7 +126,7 @@ class FinetuneRecipe(TrainRecipe):
 
         return load_text_tokenizer(self.base.tokenizer_url)
 
-    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
+    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any, *, resume: str | None) -> Any:
         import torch
 
         from pipeline.train.lora import apply_lora, trainable_summary

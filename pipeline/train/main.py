@@ -183,9 +183,10 @@ def dataset_statistics(cfg: TrainConfig, names: list[str]) -> dict:
     return out
 
 
-def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> tuple[Any, Any]:
+def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any, *,
+                resume: str | None) -> tuple[Any, Any]:
     """The VLA, initialized from the run seed identically on every rank, then the pretrained weights
-    of ``model.init.*`` (skipped when the run resumes from a checkpoint), then AC + FSDP2.
+    of ``model.init.*`` (skipped when the run resumes from checkpoint ``resume``), then AC + FSDP2.
     Returns ``(model, LoadReport or None)``."""
     import torch
 
@@ -196,7 +197,7 @@ def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> tup
     model = build_vla(cfg.model, vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, device=device)
     report = None
     if cfg.model.init.sources:
-        if _will_resume(cfg):
+        if resume:
             from pipeline.model.pretrained import LoadReport
 
             report = LoadReport(sources=cfg.model.init.sources, skipped="the run resumes from a checkpoint")
@@ -204,14 +205,6 @@ def build_model(cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> tup
             report = apply_init(model, cfg.model.init, tokenizer=tokenizer)
         log.info("model.init: %s", report.line())
     return shard_model(model, cfg, device, mesh), report
-
-
-def _will_resume(cfg: TrainConfig) -> bool:
-    from pipeline.train.checkpoint import find_latest
-
-    if cfg.resume == "none":
-        return False
-    return cfg.resume != "auto" or find_latest(cfg.checkpoint_root) is not None
 
 
 def resolve_model_init(cfg: TrainConfig) -> TrainConfig:
@@ -272,8 +265,9 @@ class TrainRecipe:
     def tokenizer(self, cfg: TrainConfig) -> Any:
         return build_tokenizer(cfg)
 
-    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any) -> Any:
-        model, self.init_report = build_model(cfg, tokenizer, device, mesh)
+    def model(self, cfg: TrainConfig, tokenizer: Any, device: Any, mesh: Any, *, resume: str | None) -> Any:
+        """The sharded model; ``resume``: the checkpoint the run loads next (None: a fresh start)."""
+        model, self.init_report = build_model(cfg, tokenizer, device, mesh, resume=resume)
         return model
 
     def files(self, cfg: TrainConfig, model: Any) -> dict[str, str]:
@@ -327,7 +321,8 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
                         device_type=device.type)
     tokenizer = recipe.tokenizer(cfg)
     builder = ActionPromptBuilder(tokenizer)
-    model = recipe.model(cfg, tokenizer, device, dims.mesh)
+    resume = _resume_url(cfg, rank)
+    model = recipe.model(cfg, tokenizer, device, dims.mesh, resume=resume)
     image_size = model.config.image_size
     stream = build_stream(cfg, prompt_builder=builder, pad_id=tokenizer.pad_token_id, rank=rank, world=world,
                           image_size=image_size, mixture=mixture)
@@ -342,7 +337,6 @@ def _train(cfg: TrainConfig, device: Any, accum: int, recipe: TrainRecipe, hooks
     if rank == 0:
         fs.makedirs(cfg.run_dir)
         fs.write_text(fs.join(cfg.run_dir, "config.yaml"), files["config.yaml"])
-    resume = _resume_url(cfg, rank)
     if resume:
         ckpt.load(resume)
         state.epoch = stream_epoch(stream)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.faults.suite.bad_config import CASES, closed_port, prepare_sandbox, run_case
+from tests.faults.suite.bad_config import CASES, prepare_sandbox, run_case
 from tests.faults.suite.core import FaultContext, run_scenario
+from tests.support.net import free_port
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def test_table_is_large_enough():
 @pytest.mark.parametrize("case", [c for c in CASES if c.subprocess], ids=lambda c: c.name)
 def test_case_subprocess(case, sandbox):
     """The real process: exit status 2 and no traceback (not only what main() returns)."""
-    assert run_case(case, sandbox, in_subprocess=True, port=closed_port()) == []
+    assert run_case(case, sandbox, in_subprocess=True, port=free_port()) == []
 
 
 def test_bad_config_quick_scenario(tmp_path, monkeypatch):

@@ -11,6 +11,8 @@ import sys
 import tempfile
 import time
 
+from tests.support.net import free_port
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # A few steps of the tiny preset on synthetic data; checkpoints at steps 2 and 4 (and on stop).
@@ -42,12 +44,6 @@ def read_steps(run_dir: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------ slurm
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 _SLURM_CONF = """\
 ClusterName=vlatest
 SlurmctldHost={host}(127.0.0.1)
@@ -106,11 +102,11 @@ class SlurmCluster:
         os.makedirs(os.path.join(self.dir, "state"))
         self.nodes = _node_names()
         cpus = max(1, (os.cpu_count() or 2) // len(self.nodes))
-        lines = [f"NodeName={n} NodeAddr=127.0.0.1 Port={_free_port()} CPUs={cpus} RealMemory=4000 State=UNKNOWN"
+        lines = [f"NodeName={n} NodeAddr=127.0.0.1 Port={free_port()} CPUs={cpus} RealMemory=4000 State=UNKNOWN"
                  for n in self.nodes]
         self.conf = os.path.join(self.dir, "slurm.conf")
         with open(self.conf, "w") as f:
-            f.write(_SLURM_CONF.format(host=self.nodes[0], ctld_port=_free_port(), d=self.dir,
+            f.write(_SLURM_CONF.format(host=self.nodes[0], ctld_port=free_port(), d=self.dir,
                                        node_lines="\n".join(lines), node_names=",".join(self.nodes)))
         self.env = {"SLURM_CONF": self.conf}
         self.procs: list[subprocess.Popen] = []

@@ -17,6 +17,7 @@ from launch import slurm
 from launch.config import LaunchConfig
 from pipeline.config import load_config
 from pipeline.errors import UserError
+from tests.support.net import free_port
 
 
 def _cfg(tmp_path, *extra: str) -> LaunchConfig:
@@ -125,15 +126,7 @@ def _local_cfg(tmp_path, train: list[str], *extra: str, nodes: int = 1) -> Launc
     return load_config(LaunchConfig, [
         "backend=slurm", f"nodes={nodes}", "gpus_per_node=1", "job_name=vla-local",
         f"train.run_dir={tmp_path / 'run'}", "slurm.use_gpus=false", "slurm.time='00:10:00'",
-        f"slurm.python={sys.executable}", "slurm.port=" + str(_port()), *[f"train.{t}" for t in train], *extra])
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        f"slurm.python={sys.executable}", "slurm.port=" + str(free_port()), *[f"train.{t}" for t in train], *extra])
 
 
 def _submit(cluster, cfg, monkeypatch) -> str:

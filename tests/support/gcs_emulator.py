@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+from tests.support.net import free_port
 
 __all__ = ["GcsEmulator", "BUCKET"]
 
@@ -21,17 +22,11 @@ BUCKET = "test-bucket"
 _MAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gcs_emulator_main.py")  # run as a script
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class GcsEmulator:
     """A gcp-storage-emulator process on 127.0.0.1; can be stopped and restarted (fault tests)."""
 
     def __init__(self) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.data_dir = tempfile.mkdtemp(prefix="gcs-emu-")
         self.host = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None

@@ -12,7 +12,7 @@ import torch.distributed as dist
 
 from pipeline.model import ActionPromptBuilder, VLAConfig, build_demo_tokenizer, build_vla
 from pipeline.train.optim import OptimConfig, build_optimizer, clip_grad_norm
-from pipeline.train.parallel import ParallelDims, apply_activation_checkpointing, apply_fsdp, init_distributed
+from pipeline.train.parallel import FSDPConfig, ParallelDims, init_distributed, parallelize
 from pipeline.train.synthetic import SyntheticStream, synthetic_instructions
 
 B = 2
@@ -38,8 +38,8 @@ def _case(tok, builder, mode, shard_size, param_dtype, rank, world, ac="none"):
 
     model = _model(tok)
     dims = ParallelDims(world_size=world, mode=mode, shard_size=shard_size)
-    apply_activation_checkpointing(model.fsdp_units(), ac)
-    apply_fsdp(model, dims.mesh, units=model.fsdp_units(), param_dtype=param_dtype, reduce_dtype=torch.float32)
+    parallelize(model, dims.mesh, FSDPConfig(activation_checkpointing=ac, reshard_root=True), param_dtype=param_dtype,
+                reduce_dtype=torch.float32)  # what `vla train` runs (shard_model)
     opt = build_optimizer(model, OptimConfig(lr=1e-3))
     got = model(local["pixel_values"], local["input_ids"], local["attention_mask"], local["labels"])
     got.loss.backward()

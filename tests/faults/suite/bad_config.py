@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
 from tests.faults.suite.core import REPO_ROOT, FaultContext, ScenarioResult
+from tests.support.net import free_port
 
 __all__ = ["Case", "CASES", "prepare_sandbox", "run_case", "run"]
 
@@ -119,12 +119,6 @@ def prepare_sandbox(sandbox: str) -> None:
             f.write(text)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
-
-
 def _tree(root: str) -> dict[str, tuple[int, int]]:
     out = {}
     for dirpath, dirnames, fnames in os.walk(root):
@@ -179,7 +173,7 @@ def _subprocess(args: list[str], env: dict[str, str], sandbox: str, timeout: flo
 
 def run_case(case: Case, sandbox: str, *, in_subprocess: bool, port: int | None = None) -> list[str]:
     """Run one case; returns the failed checks (empty = the case behaves)."""
-    port = port or closed_port()
+    port = port or free_port()
     args = [_fill(a, sandbox, port) for a in case.args]
     env = {k: _fill(v, sandbox, port) for k, v in case.env}
     before = _tree(sandbox)
@@ -206,7 +200,7 @@ def run(ctx: FaultContext) -> ScenarioResult:
     result = ScenarioResult(scenario="bad_config")
     sandbox = os.path.realpath(ctx.path("sandbox", ".keep").rsplit("/", 1)[0])
     prepare_sandbox(sandbox)
-    port = closed_port()
+    port = free_port()  # nothing listens there
     counts = {"in_process": 0, "subprocess": 0}
     slowest = (0.0, "")
     for case in CASES:
