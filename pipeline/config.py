@@ -25,7 +25,7 @@ from omegaconf import errors as oc_errors
 from pipeline.errors import ConfigError, UserError
 
 __all__ = ["MISSING", "load_config", "load_argv", "parse_argv", "config_help", "to_yaml", "to_dict", "flat_keys",
-           "helpfield"]
+           "helpfield", "as_name_list"]
 
 T = TypeVar("T")
 
@@ -40,6 +40,15 @@ def helpfield(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
         value = default
         return dataclasses.field(default_factory=lambda: dataclasses.replace(value), metadata=meta, **kwargs)
     return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def as_name_list(value: Any, key: str) -> list[str]:
+    """A list of names from a list or a comma-separated string ('all', 'a,b')."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key}={value!r}: expected a list of names, e.g. {key}=[bridge_orig,kuka] or {key}=all")
+    return [v.strip() for v in value]
 
 
 def flat_keys(cls: type) -> list[tuple[str, str, Any, str]]:

@@ -8,7 +8,7 @@ import pytest
 @pytest.fixture(scope="module")
 def ray_session():
     """A local 2-CPU Ray session for the module's in-process ``vla curate`` runs."""
-    from tests.faults.suite.curation_kill import ray_session as local_ray
+    from tests.support.ray_session import ray_session as local_ray
 
     with local_ray():
         yield

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 
 from pipeline import fs
-from pipeline.config import MISSING, helpfield
+from pipeline.config import MISSING, as_name_list, helpfield
 from pipeline.data import schema
-from pipeline.data.fixtures.datasets import as_name_list
 from pipeline.errors import UserError
 
 __all__ = ["InspectConfig", "DatasetSummary", "run_inspect", "summarize_dataset", "format_table",

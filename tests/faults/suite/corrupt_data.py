@@ -143,7 +143,7 @@ def _curation_trials(ctx: FaultContext, result: ScenarioResult, raw: str) -> str
     from pipeline.data.curate.job import CurateConfig, curate
     from pipeline.data.io.builder import open_builder
     from pipeline.data.manifest import CuratedDataset
-    from tests.faults.suite.curation_kill import ray_session
+    from tests.support.ray_session import ray_session
 
     faulty = ctx.path("faulty")
     injected = make_faulty_source(raw, faulty)

@@ -16,7 +16,7 @@ SIGKILL to the whole group. Checks:
   ``.tmp-`` file; the ``mid_shard_writes`` trial plants one such file, with the head of a real
   shard, next to what the kill left, and the re-run must remove it.)
 
-``tests/data/test_curate.py`` uses :func:`start_curate`, :func:`kill_when` and :func:`compare_outputs`.
+``tests/data/curate/test_job.py`` uses :func:`start_curate`, :func:`kill_when` and :func:`compare_outputs`.
 """
 
 from __future__ import annotations
@@ -34,9 +34,10 @@ import time
 from collections.abc import Callable
 
 from tests.faults.suite.core import FaultContext, ScenarioResult
+from tests.support.ray_session import ray_session
 
 __all__ = ["DATASETS", "KILL_POINTS", "run", "make_sources", "curate_args", "start_curate", "kill_when",
-           "snapshot", "compare_outputs", "partial_files", "ray_session"]
+           "snapshot", "compare_outputs", "partial_files"]
 
 DATASETS = ("bridge_orig", "taco_play")
 
@@ -189,27 +190,6 @@ def partial_files(out: str, names: tuple[str, ...] = DATASETS) -> list[str]:
                 if not os.path.exists(p) or _sha(p) != s["sha256"]:
                     problems.append(f"{name}/manifest.json lists {s['file']} but it is missing or different")
     return problems
-
-
-class ray_session:
-    """Context manager: a local Ray session for in-process curation (reused if one is running)."""
-
-    def __enter__(self) -> ray_session:
-        import ray
-
-        self.started = not ray.is_initialized()
-        self.tmp = None
-        if self.started:
-            self.tmp = tempfile.mkdtemp(prefix="rayf", dir="/tmp")  # short: socket paths are length-limited
-            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, _temp_dir=self.tmp)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        import ray
-
-        if self.started:
-            ray.shutdown()
-            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def _curate(args: list[str]) -> list[str]:
