@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-
 from launch.config import LaunchConfig
+from pipeline.config import import_object
 
 __all__ = ["LaunchConfig", "BACKEND_RUNNERS", "run_launch"]
 
@@ -18,5 +17,4 @@ BACKEND_RUNNERS = {
 
 
 def run_launch(cfg: LaunchConfig) -> int:
-    module, _, name = BACKEND_RUNNERS[cfg.backend].partition(":")
-    return int(getattr(importlib.import_module(module), name)(cfg) or 0)
+    return int(import_object(BACKEND_RUNNERS[cfg.backend])(cfg) or 0)

@@ -10,7 +10,6 @@ exit with status 2; no traceback.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from dataclasses import dataclass
 
@@ -54,11 +53,6 @@ VERBS: dict[str, Verb] = {
 }
 
 
-def _resolve(spec: str):
-    module, _, attr = spec.partition(":")
-    return getattr(importlib.import_module(module), attr)
-
-
 def _usage() -> str:
     width = max(len(v) for v in VERBS)
     lines = ["usage: vla <verb> [--config FILE.yaml] [key=value ...]", "", "verbs:"]
@@ -82,18 +76,19 @@ def run(argv: list[str]) -> int:
     if argv[0] == "--version":
         _print_version()
         return 0
-    from pipeline.config import config_help, load_argv  # omegaconf: not needed by --help/--version
+    # omegaconf (through pipeline.config): not needed by --help/--version
+    from pipeline.config import config_help, import_object, load_argv
 
     name, rest = _find_verb(argv)
     verb = VERBS[name]
-    cls = _resolve(verb.config)
+    cls = import_object(verb.config)
     if any(a in ("-h", "--help") for a in rest):
         pos = " ".join("FILE.yaml" if k == "--config" else k.upper() for k in verb.positional)
         print(f"usage: vla {name} {pos + ' ' if pos else ''}[--config FILE.yaml] [key=value ...]\n")
         print(f"{verb.help}\n\nkeys (with defaults):\n{config_help(cls)}")
         return 0
     cfg = load_argv(cls, rest, positional=verb.positional)
-    code = _resolve(verb.run)(cfg)
+    code = import_object(verb.run)(cfg)
     return int(code or 0)
 
 

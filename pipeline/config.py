@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 from typing import Any, TypeVar
 
 import yaml
@@ -25,7 +26,7 @@ from omegaconf import errors as oc_errors
 from pipeline.errors import ConfigError, UserError
 
 __all__ = ["MISSING", "load_config", "load_argv", "parse_argv", "config_help", "to_yaml", "to_dict", "flat_keys",
-           "helpfield", "as_name_list"]
+           "helpfield", "as_name_list", "import_object"]
 
 T = TypeVar("T")
 
@@ -40,6 +41,12 @@ def helpfield(default: Any = MISSING, help: str = "", **kwargs: Any) -> Any:
         value = default
         return dataclasses.field(default_factory=lambda: dataclasses.replace(value), metadata=meta, **kwargs)
     return dataclasses.field(default=default, metadata=meta, **kwargs)
+
+
+def import_object(spec: str) -> Any:
+    """The object an import string ``module:attr`` names (verbs, launch backends, hook factories)."""
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def as_name_list(value: Any, key: str) -> list[str]:

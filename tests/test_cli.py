@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.cli import VERBS, _resolve, main
-from pipeline.config import flat_keys
+from pipeline.cli import VERBS, main
+from pipeline.config import flat_keys, import_object
 
 _TRAIN_KEYS = ["checkpoint", "data", "debug", "deterministic", "device", "eval", "fsdp", "global_batch", "metrics", "model",
                "nproc", "optim", "per_device_batch", "resume", "run_dir", "seed", "stop"]
@@ -59,8 +59,8 @@ def test_verb_and_top_level_keys(name):
     config, run, positional, keys = PINNED[name]
     verb = VERBS[name]
     assert (verb.config, verb.run, verb.positional) == (config, run, positional)
-    assert callable(_resolve(verb.run))
-    assert sorted({k.split(".")[0] for k, *_ in flat_keys(_resolve(verb.config))}) == keys
+    assert callable(import_object(verb.run))
+    assert sorted({k.split(".")[0] for k, *_ in flat_keys(import_object(verb.config))}) == keys
 
 
 @pytest.mark.parametrize("name", sorted(PINNED))

@@ -19,7 +19,6 @@ suite, ``tests/faults/suite/hooks.py``, installs its checkpoint faults this way)
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
@@ -112,8 +111,10 @@ def resolve_factory(spec: str, key: str = "debug.hooks") -> Any:
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
         raise UserError(f"{key}={spec!r}: expected an import string module:attr")
+    from pipeline.config import import_object
+
     try:
-        return getattr(importlib.import_module(module), attr)
+        return import_object(spec)
     except (ImportError, AttributeError) as e:
         raise UserError(f"{key}={spec!r}: cannot import it ({type(e).__name__}: {e})") from None
 
